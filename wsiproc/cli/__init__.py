@@ -1,0 +1,48 @@
+"""The ``wsiproc`` command line: one subcommand per pipeline stage.
+
+Each stage lives in ``cli/<stage>.py`` with ``add_parser(subparsers)`` and ``run(args) -> int``;
+:func:`main` turns any :class:`~wsiproc.errors.WsiprocError` into one ``error: ...`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import WsiprocError
+
+STAGES = ("info", "level", "infer", "patient_csv", "heatmap", "qc", "report", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every stage's subparser."""
+    parser = argparse.ArgumentParser(
+        prog="wsiproc",
+        description="Whole-slide images to per-window model outputs, heatmaps and QC.",
+    )
+    parser.add_argument("--version", action="version", version=f"wsiproc {__version__}")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for stage in STAGES:
+        module = importlib.import_module(f"{__name__}.{stage}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one stage; return the process exit code (0 on success)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except WsiprocError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's one catch-all: one line, non-zero
+        print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 70

@@ -1,0 +1,130 @@
+"""The CSV contract of ``windows.csv``: column names and order, value formatting, concatenation.
+
+Every other module (heatmap, QC, workflow tests) relies on these names; they are defined here
+only. Rows are sorted by ``row`` then ``col``; ``x, y, width, height`` are level-0 pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write
+from .errors import InputTableError
+
+META_COLUMNS: tuple[str, ...] = (
+    "patient",
+    "slide",
+    "row",
+    "col",
+    "x",
+    "y",
+    "width",
+    "height",
+    "level",
+    "tissue",
+)
+"""Columns that precede the model outputs, in this order."""
+
+VALUE_FORMAT = "%.7g"
+"""printf format of model outputs: enough digits to round-trip float32 closely, short text."""
+
+TISSUE_FORMAT = "%.4f"
+
+
+def header(output_names: Sequence[str]) -> list[str]:
+    """Full header: the metadata columns then one column per model output.
+
+    Examples
+    --------
+    >>> header(["mean_r"])[-2:]
+    ['tissue', 'mean_r']
+    """
+    return [*META_COLUMNS, *output_names]
+
+
+def spatial_output_names(names: Sequence[str], height: int, width: int) -> list[str]:
+    """Column names of a spatial (C×h×w) output: ``<name>_<i>_<j>``, C-major, row-major.
+
+    Examples
+    --------
+    >>> spatial_output_names(["p"], 1, 2)
+    ['p_0_0', 'p_0_1']
+    """
+    return [f"{n}_{i}_{j}" for n in names for i in range(height) for j in range(width)]
+
+
+def format_rows(
+    patient: str,
+    slide: str,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    boxes: np.ndarray,
+    level: int,
+    tissue: np.ndarray,
+    values: np.ndarray,
+) -> str:
+    """Format windows as CSV text lines (``\\n`` terminated).
+
+    ``boxes`` is an (n, 4) int array of level-0 ``x, y, width, height``; ``values`` is (n, C).
+    """
+    out = []
+    prefix = f"{_csv_field(patient)},{_csv_field(slide)},"
+    for i in range(len(rows)):
+        x, y, w, h = boxes[i]
+        vals = ",".join(VALUE_FORMAT % v for v in values[i])
+        out.append(
+            f"{prefix}{rows[i]},{cols[i]},{x},{y},{w},{h},{level},"
+            f"{TISSUE_FORMAT % tissue[i]}{',' if vals else ''}{vals}\n"
+        )
+    return "".join(out)
+
+
+def _csv_field(text: str) -> str:
+    """Quote a text field only if CSV needs it."""
+    if any(c in text for c in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def read_header(path: str | Path) -> list[str]:
+    """Header of a windows CSV, checked against the contract."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            first = next(csv.reader(fh), None)
+    except OSError as exc:
+        raise InputTableError(str(path), exc.strerror or str(exc)) from exc
+    if first is None or tuple(first[: len(META_COLUMNS)]) != META_COLUMNS:
+        raise InputTableError(str(path), "not a wsiproc windows CSV (unexpected header)")
+    return first
+
+
+def concat_csvs(paths: Iterable[str | Path], out: str | Path) -> int:
+    """Concatenate windows CSVs of one patient into ``out`` (one header), atomically.
+
+    Inputs must share the same header. Returns the number of data rows written. Streams line
+    by line, so memory does not grow with the number of windows.
+    """
+    paths = [Path(p) for p in paths]
+    n = 0
+    expected: list[str] | None = None
+    with atomic_write(out) as dst:
+        for path in paths:
+            head = read_header(path)
+            if expected is None:
+                expected = head
+                dst.write(",".join(head) + "\n")
+            elif head != expected:
+                raise InputTableError(
+                    str(path), f"columns differ from {paths[0]} (different model?)"
+                )
+            with open(path, encoding="utf-8", newline="") as src:
+                next(src)
+                for line in src:
+                    dst.write(line)
+                    n += 1
+    return n
