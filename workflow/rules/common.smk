@@ -1,0 +1,188 @@
+# The workflow's only Python. In this order, once each: validate the config, read and
+# validate the sample sheet, derive wildcard constraints, then define the get_* helpers.
+# Rules never import wsiproc; they call its CLI, one stage per rule.
+import importlib.metadata
+import os
+import re
+import shlex
+
+import pandas as pd
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+# 1. Config ---------------------------------------------------------------------------
+# Fills the schema defaults; unknown keys and bad values stop here, before any job runs.
+validate(config, "../schemas/config.schema.yaml")
+
+# Every rule gets this as a param, so a new wsiproc release reruns everything it touched
+# instead of leaving results from old code in place.
+WSIPROC_VERSION = importlib.metadata.version("wsiproc")
+
+# Level spec key in config -> flag of `wsiproc level`.
+LEVEL_FLAGS = {
+    "mpp": "--mpp",
+    "magnification": "--magnification",
+    "level": "--level",
+    "function": "--level-function",
+}
+
+
+pathvars:
+    results=config["outdir"],
+    logs=config["logdir"],
+    benchmarks="<logs>/benchmarks",
+
+
+# 2. Sample sheet ---------------------------------------------------------------------
+SHEET = config["samples"]
+if not os.path.isfile(SHEET):
+    raise WorkflowError(f"config samples: sample sheet {SHEET} does not exist")
+
+# Ids stay strings ("007", "NA"); only empty mpp cells become missing values.
+samples = pd.read_csv(
+    SHEET,
+    sep="\t",
+    dtype={"patient": str, "slide": str, "path": str},
+    keep_default_na=False,
+    na_values={"mpp": [""]},
+)
+try:
+    validate(samples, "../schemas/samples.schema.yaml")
+except WorkflowError as exc:
+    raise WorkflowError(f"sample sheet {SHEET} is invalid: {exc}") from exc
+
+if "mpp" not in samples.columns:
+    samples["mpp"] = float("nan")
+
+duplicated = samples.loc[samples["slide"].duplicated(), "slide"].unique()
+if len(duplicated):
+    raise WorkflowError(
+        f"sample sheet {SHEET}: slide ids must be unique, repeated: {', '.join(duplicated)}"
+    )
+
+# Slide paths are relative to the sheet's directory (absolute paths stay as they are).
+SHEET_DIR = os.path.dirname(SHEET)
+samples["path"] = [
+    os.path.normpath(os.path.join(SHEET_DIR, p)) for p in samples["path"]
+]
+samples = samples.set_index("slide", drop=False)
+
+missing = samples.loc[[not os.path.isfile(p) for p in samples["path"]]]
+if len(missing):
+    first = missing.iloc[0]
+    more = f" (and {len(missing) - 1} more slides)" if len(missing) > 1 else ""
+    raise WorkflowError(
+        f"sample sheet {SHEET}: slide {first['slide']}: file not found: {first['path']}{more}"
+    )
+
+
+# 3. Wildcard constraints: only ids from the sheet match -------------------------------
+wildcard_constraints:
+    patient="|".join(map(re.escape, samples["patient"].unique())),
+    slide="|".join(map(re.escape, samples["slide"])),
+
+
+# 4. Helpers ---------------------------------------------------------------------------
+def get_final_outputs():
+    """Targets of the default rule: per-slide heatmaps and QC, patient CSVs, the report."""
+    per_slide = {"patient": list(samples["patient"]), "slide": list(samples["slide"])}
+    return [
+        *expand(list(rules.heatmap.output), zip, **per_slide),
+        *expand(list(rules.qc.output), zip, **per_slide),
+        *expand(rules.patient_csv.output.csv, patient=samples["patient"].unique()),
+        *rules.report.output,
+    ]
+
+
+def get_slide(wildcards):
+    """The slide file of one sheet row."""
+    return samples.loc[wildcards.slide, "path"]
+
+
+def get_level_spec(wildcards):
+    """The one `wsiproc level` flag naming the processing resolution, e.g. `--mpp 0.5`."""
+    spec = config["level"]
+    key = next(k for k in LEVEL_FLAGS if spec[k] is not None)
+    return f"{LEVEL_FLAGS[key]} {shlex.quote(str(spec[key]))}"
+
+
+def get_level_function_file(wildcards):
+    """A `path.py:func` level chooser as input, so editing it reruns select_level."""
+    function = config["level"]["function"]
+    if function is None:
+        return []
+    source = function.rpartition(":")[0]
+    return [source] if source.endswith(".py") else []
+
+
+def get_fallback_mpp(wildcards):
+    """`--fallback-mpp M` from the sheet's mpp cell, else level.fallback_mpp, else nothing."""
+    mpp = samples.loc[wildcards.slide, "mpp"]
+    if pd.isna(mpp):
+        mpp = config["level"]["fallback_mpp"]
+    return "" if mpp is None else f"--fallback-mpp {float(mpp)!r}"
+
+
+def get_model(wildcards):
+    """The model spec as written in the config (`builtin:NAME` or a file)."""
+    return config["model"]["path"]
+
+
+def get_model_files(wildcards):
+    """A model file and its sidecar JSON (if present) as inputs, so a new model reruns infer."""
+    model = config["model"]["path"]
+    if model.startswith("builtin:"):
+        return []
+    sidecars = [f"{model}.json", f"{os.path.splitext(model)[0]}.json"]
+    return [model, *(p for p in dict.fromkeys(sidecars) if os.path.isfile(p))]
+
+
+def get_infer_gpus(wildcards):
+    """GPUs one infer job claims: none with model.device cpu, else one."""
+    return 0 if config["model"]["device"] == "cpu" else 1
+
+
+# Runtime knobs: these take `resources`, which makes Snakemake treat them as derived and
+# leave them out of the params rerun trigger. Changing them never reruns anything.
+def get_batch_size(wildcards, resources):
+    """--batch-size of infer (runtime knob)."""
+    return config["model"]["batch_size"]
+
+
+def get_device(wildcards, resources):
+    """--device of infer (runtime knob)."""
+    return config["model"]["device"]
+
+
+def get_heatmap_output(wildcards):
+    """`--output NAME` when heatmap.output is set, else nothing (the first output)."""
+    name = config["heatmap"]["output"]
+    return "" if name is None else f"--output {shlex.quote(name)}"
+
+
+def get_heatmap_vmin(wildcards):
+    """`--vmin V` when heatmap.vmin is set, else nothing (the data minimum)."""
+    vmin = config["heatmap"]["vmin"]
+    return "" if vmin is None else f"--vmin {float(vmin)!r}"
+
+
+def get_heatmap_vmax(wildcards):
+    """`--vmax V` when heatmap.vmax is set, else nothing (the data maximum)."""
+    vmax = config["heatmap"]["vmax"]
+    return "" if vmax is None else f"--vmax {float(vmax)!r}"
+
+
+def get_patient_windows(wildcards):
+    """windows.csv of every slide of one patient, in sheet order."""
+    slides = samples.loc[samples["patient"] == wildcards.patient, "slide"]
+    return expand(rules.infer.output.csv, patient=wildcards.patient, slide=slides)
+
+
+def get_all_qc(wildcards):
+    """qc.json of every slide, in sheet order."""
+    return expand(
+        rules.qc.output.json,
+        zip,
+        patient=list(samples["patient"]),
+        slide=list(samples["slide"]),
+    )

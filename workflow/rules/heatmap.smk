@@ -1,0 +1,48 @@
+# Heatmaps: windows.csv -> value TIFF (one pixel per window or per processing pixel),
+# colour TIFF and QuPath GeoJSON. Only heatmap.* options are params, so re-rendering never
+# reruns inference.
+rule heatmap:
+    input:
+        csv=rules.infer.output.csv,
+        meta=rules.infer.output.meta,
+    output:
+        tif="<results>/{patient}/{slide}/heatmap.tif",
+        rgb=report(
+            "<results>/{patient}/{slide}/heatmap_rgb.tif",
+            caption="../report/heatmap.rst",
+            category="2. Heatmaps",
+            subcategory="{patient}",
+            labels={"slide": "{slide}", "figure": "heatmap"},
+        ),
+        geojson="<results>/{patient}/{slide}/windows.geojson",
+    log:
+        "<logs>/heatmap/{patient}/{slide}.log",
+    benchmark:
+        "<benchmarks>/heatmap/{patient}/{slide}.tsv"
+    conda:
+        "../envs/wsiproc.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        mode=lookup(dpath="heatmap/mode", within=config),
+        colormap=lookup(dpath="heatmap/colormap", within=config),
+        output=get_heatmap_output,
+        vmin=get_heatmap_vmin,
+        vmax=get_heatmap_vmax,
+        version=WSIPROC_VERSION,
+    shell:
+        r"""
+        wsiproc heatmap {input.csv:q} \
+            --meta {input.meta:q} \
+            --out {output.tif:q} \
+            --rgb-out {output.rgb:q} \
+            --geojson {output.geojson:q} \
+            --mode {params.mode} \
+            --colormap {params.colormap} \
+            {params.output} \
+            {params.vmin} \
+            {params.vmax} \
+            >{log:q} 2>&1
+        """

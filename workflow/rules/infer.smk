@@ -1,0 +1,77 @@
+# Inference: every tissue window of a slide through the model -> windows.csv + windows.json,
+# then one CSV per patient. Batch size, device and loader workers are runtime knobs: they
+# reach the command through threads and resource-taking params, which never trigger reruns.
+rule infer:
+    input:
+        slide=get_slide,
+        plan=rules.select_level.output.level,
+        model=get_model_files,
+    output:
+        csv="<results>/{patient}/{slide}/windows.csv",
+        meta="<results>/{patient}/{slide}/windows.json",
+    log:
+        "<logs>/infer/{patient}/{slide}.log",
+    benchmark:
+        "<benchmarks>/infer/{patient}/{slide}.tsv"
+    conda:
+        "../envs/wsiproc.yaml"
+    threads: lookup(dpath="loader/workers", within=config)
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=get_infer_gpus,
+    params:
+        kernel_size=lookup(dpath="window/kernel_size", within=config),
+        stride=lookup(dpath="window/stride", within=config),
+        border=lookup(dpath="window/border", within=config),
+        min_tissue=lookup(dpath="window/min_tissue", within=config),
+        model=get_model,
+        precision=lookup(dpath="model/precision", within=config),
+        batch_size=get_batch_size,
+        device=get_device,
+        version=WSIPROC_VERSION,
+    shell:
+        r"""
+        wsiproc infer {input.slide:q} \
+            --out {output.csv:q} \
+            --plan {input.plan:q} \
+            --kernel-size {params.kernel_size} \
+            --stride {params.stride} \
+            --border {params.border} \
+            --min-tissue {params.min_tissue} \
+            --model {params.model:q} \
+            --workers {threads} \
+            --batch-size {params.batch_size} \
+            --device {params.device} \
+            --precision {params.precision} \
+            --patient {wildcards.patient} \
+            --slide-id {wildcards.slide} \
+            --quiet \
+            >{log:q} 2>&1
+        """
+
+
+rule patient_csv:
+    input:
+        csv=get_patient_windows,
+    output:
+        csv="<results>/{patient}/{patient}.csv",
+    log:
+        "<logs>/patient_csv/{patient}.log",
+    benchmark:
+        "<benchmarks>/patient_csv/{patient}.tsv"
+    conda:
+        "../envs/wsiproc.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        version=WSIPROC_VERSION,
+    shell:
+        r"""
+        wsiproc patient_csv \
+            --out {output.csv:q} \
+            {input.csv:q} \
+            >{log:q} 2>&1
+        """

@@ -1,0 +1,47 @@
+# Level selection: slide metadata + level spec -> level.json, thumbnail and tissue mask.
+# Window, model and QC settings are deliberately not params here, so changing them never
+# reruns this rule (and never cascades from here into inference).
+rule select_level:
+    input:
+        slide=get_slide,
+        function=get_level_function_file,
+    output:
+        level="<results>/{patient}/{slide}/level.json",
+        thumbnail=report(
+            "<results>/{patient}/{slide}/thumbnail.png",
+            caption="../report/thumbnail.rst",
+            category="1. Level selection",
+            subcategory="{patient}",
+            labels={"slide": "{slide}", "figure": "thumbnail"},
+        ),
+        mask=report(
+            "<results>/{patient}/{slide}/mask.png",
+            caption="../report/mask.rst",
+            category="1. Level selection",
+            subcategory="{patient}",
+            labels={"slide": "{slide}", "figure": "tissue mask"},
+        ),
+    log:
+        "<logs>/select_level/{patient}/{slide}.log",
+    benchmark:
+        "<benchmarks>/select_level/{patient}/{slide}.tsv"
+    conda:
+        "../envs/wsiproc.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        level_spec=get_level_spec,
+        fallback_mpp=get_fallback_mpp,
+        version=WSIPROC_VERSION,
+    shell:
+        r"""
+        wsiproc level {input.slide:q} \
+            --out {output.level:q} \
+            --thumbnail {output.thumbnail:q} \
+            --mask {output.mask:q} \
+            {params.level_spec} \
+            {params.fallback_mpp} \
+            >{log:q} 2>&1
+        """

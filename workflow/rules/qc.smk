@@ -1,0 +1,84 @@
+# Quality control: per-slide metrics and HTML page, then the cohort report. The qc.*
+# thresholds are params of `qc` only, so changing them reruns qc and report, nothing else.
+rule qc:
+    input:
+        slide=get_slide,
+        level=rules.select_level.output.level,
+        thumbnail=rules.select_level.output.thumbnail,
+        mask=rules.select_level.output.mask,
+        csv=rules.infer.output.csv,
+        meta=rules.infer.output.meta,
+        benchmark=rules.infer.benchmark,
+    output:
+        json="<results>/{patient}/{slide}/qc.json",
+        html=report(
+            "<results>/{patient}/{slide}/qc.html",
+            caption="../report/qc.rst",
+            category="3. Quality control",
+            subcategory="{patient}",
+            labels={"slide": "{slide}", "figure": "QC page"},
+        ),
+    log:
+        "<logs>/qc/{patient}/{slide}.log",
+    benchmark:
+        "<benchmarks>/qc/{patient}/{slide}.tsv"
+    conda:
+        "../envs/wsiproc.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        blur_threshold=lookup(dpath="qc/blur_threshold", within=config),
+        pen_threshold=lookup(dpath="qc/pen_threshold", within=config),
+        min_tissue_percent=lookup(dpath="qc/min_tissue_percent", within=config),
+        version=WSIPROC_VERSION,
+    shell:
+        r"""
+        wsiproc qc {input.slide:q} \
+            --level-json {input.level:q} \
+            --windows {input.csv:q} \
+            --meta {input.meta:q} \
+            --thumbnail {input.thumbnail:q} \
+            --mask {input.mask:q} \
+            --benchmark {input.benchmark:q} \
+            --out {output.json:q} \
+            --html {output.html:q} \
+            --blur-threshold {params.blur_threshold} \
+            --pen-threshold {params.pen_threshold} \
+            --min-tissue-percent {params.min_tissue_percent} \
+            >{log:q} 2>&1
+        """
+
+
+rule report:
+    input:
+        qc=get_all_qc,
+    output:
+        html=report(
+            "<results>/report.html",
+            caption="../report/report.rst",
+            category="4. Cohort",
+            labels={"figure": "cohort QC report"},
+        ),
+        tsv="<results>/summary.tsv",
+    log:
+        "<logs>/report/report.log",
+    benchmark:
+        "<benchmarks>/report/report.tsv"
+    conda:
+        "../envs/wsiproc.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        version=WSIPROC_VERSION,
+    shell:
+        r"""
+        wsiproc report \
+            --out-html {output.html:q} \
+            --out-tsv {output.tsv:q} \
+            {input.qc:q} \
+            >{log:q} 2>&1
+        """

@@ -1,0 +1,109 @@
+"""``wsiproc heatmap``: windows CSV → float heatmap TIFF, colour TIFF, optional GeoJSON.
+
+One pass over the CSV fills the raster and streams the GeoJSON; both TIFFs are written after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+from .. import __version__
+from ..colormap import COLORMAP_NAMES, DEFAULT_COLORMAP, lookup_table
+from ..errors import ConfigError
+from ..geojson import FeatureWriter
+from ..heatmap import (
+    MODES,
+    WindowGrid,
+    average_windows,
+    colorize,
+    iter_window_chunks,
+    pixel_size_um,
+    read_meta,
+    value_range,
+    window_span,
+    write_tiff,
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``heatmap`` subcommand."""
+    p = subparsers.add_parser(
+        "heatmap",
+        help="windows CSV to pyramidal heatmap TIFFs and GeoJSON",
+        description=(
+            "Assemble the per-window outputs of a windows CSV into a float32 TIFF (one band "
+            "per output, one pixel per stride cell), an RGBA TIFF of one output that OpenSlide "
+            "opens, and optionally a QuPath GeoJSON of the windows."
+        ),
+    )
+    p.add_argument("csv", metavar="CSV", help="windows.csv written by 'wsiproc infer'")
+    p.add_argument("--out", required=True, help="float32 heatmap TIFF to write")
+    p.add_argument("--rgb-out", required=True, help="colour-mapped RGBA TIFF to write")
+    p.add_argument("--geojson", help="also write the windows as QuPath GeoJSON here")
+    p.add_argument("--meta", help="windows.json of the CSV (default: CSV path with .json)")
+    p.add_argument("--output", help="output drawn in the RGB TIFF (default: the first)")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="window",
+        help="window: one pixel per window; average: mean of overlapping windows per stride "
+        "cell (vector outputs only)",
+    )
+    p.add_argument("--colormap", default=DEFAULT_COLORMAP, choices=COLORMAP_NAMES)
+    p.add_argument("--vmin", type=float, help="value drawn with the lowest colour")
+    p.add_argument("--vmax", type=float, help="value drawn with the highest colour")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the heatmaps; raise WsiprocError subclasses on bad input or failed writes."""
+    csv_path = Path(args.csv)
+    meta = read_meta(args.meta if args.meta else csv_path.with_suffix(".json"))
+    name = args.output if args.output is not None else meta.output_names[0]
+    if name not in meta.output_names:
+        available = ", ".join(meta.output_names)
+        raise ConfigError("--output", f"unknown output {name!r}; available: {available}")
+    lut = lookup_table(args.colormap)
+    if args.vmin is not None and args.vmax is not None and args.vmin >= args.vmax:
+        raise ConfigError("--vmin", f"must be below --vmax ({args.vmin} >= {args.vmax})")
+    if args.mode == "average" and meta.is_spatial:
+        problem = f"average needs vector outputs; {meta.path} has shape {list(meta.output_shape)}"
+        raise ConfigError("--mode", problem)
+
+    grid = WindowGrid(meta, source=str(csv_path))
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if args.geojson:
+            writer = stack.enter_context(FeatureWriter(args.geojson, names=meta.outputs))
+        for chunk in iter_window_chunks(csv_path, meta, with_geometry=writer is not None):
+            grid.add(chunk)
+            if writer is not None:
+                writer.write(chunk.rows, chunk.cols, chunk.boxes, chunk.tissue, chunk.values)
+
+    raster = grid.values
+    if args.mode == "average":
+        raster = average_windows(raster, window_span(meta.kernel_size, meta.stride))
+    pixel_um = pixel_size_um(meta)
+    if pixel_um is None:
+        log.warning("%s: proc_mpp is null; TIFFs get ResolutionUnit NONE", meta.path)
+
+    band = raster[..., meta.output_names.index(name)]
+    vmin, vmax = value_range(band, vmin=args.vmin, vmax=args.vmax)
+    common = {"wsiproc": __version__, "mode": args.mode, "pixel_size_um": pixel_um}
+    value_desc = {**common, "bands": list(meta.output_names), "stride": meta.stride}
+    write_tiff(args.out, raster, pixel_um=pixel_um, description=json.dumps(value_desc))
+    rgb_desc = {**common, "output": name, "vmin": vmin, "vmax": vmax, "colormap": args.colormap}
+    rgba = colorize(band, lut, vmin, vmax)
+    write_tiff(args.rgb_out, rgba, pixel_um=pixel_um, description=json.dumps(rgb_desc))
+    rows, cols = raster.shape[:2]
+    print(
+        f"heatmap: {grid.window_count} windows -> {rows}x{cols} px, {raster.shape[2]} band(s), "
+        f"mode {args.mode}; {name!r} in {args.colormap} over [{vmin:.6g}, {vmax:.6g}]"
+    )
+    return 0

@@ -1,0 +1,53 @@
+"""``wsiproc level SLIDE --out level.json``: choose the level, save thumbnail and tissue mask."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .options import add_level_options, level_spec
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("level", help="choose the pyramid level; write level.json, thumbnail, mask")
+    p.add_argument("slide", help="slide file")
+    p.add_argument("--out", required=True, help="level.json to write")
+    p.add_argument("--thumbnail", help="PNG thumbnail to write")
+    p.add_argument("--mask", help="PNG tissue mask to write (same size as the thumbnail)")
+    add_level_options(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from ..atomic import atomic_path, atomic_write
+    from ..level import select_level
+    from ..slide import Slide
+    from ..stream.engine import THUMBNAIL_PX
+    from ..tissue import tissue_mask
+
+    spec = level_spec(args)
+    with Slide(args.slide) as slide:
+        info = slide.info
+        plan = select_level(info, spec)
+        thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
+    mask = tissue_mask(thumb)
+    record = {**info.to_dict(), "spec": spec.request(), **plan.to_dict()}
+    record["thumbnail"] = str(Path(args.thumbnail).resolve()) if args.thumbnail else None
+    record["mask"] = str(Path(args.mask).resolve()) if args.mask else None
+    record["thumbnail_scale"] = info.width / thumb.shape[1]
+    record["thumbnail_scale_y"] = info.height / thumb.shape[0]
+    record["tissue_percent"] = round(100.0 * float(mask.mean()), 3)
+    if args.thumbnail:
+        with atomic_path(args.thumbnail) as tmp:
+            Image.fromarray(thumb).save(tmp, format="PNG")
+    if args.mask:
+        with atomic_path(args.mask) as tmp:
+            Image.fromarray((mask * np.uint8(255)).astype(np.uint8)).save(tmp, format="PNG")
+    with atomic_write(args.out) as fh:
+        json.dump(record, fh, indent=1)
+    return 0

@@ -1,0 +1,39 @@
+"""Command-line options shared by several stages (level choice)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..level import LevelSpec
+
+
+def add_level_options(parser: argparse.ArgumentParser) -> None:
+    """``--level | --mpp | --magnification | --level-function`` plus mpp corrections."""
+    group = parser.add_argument_group("resolution (pick one; default --level 0)")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--level", type=int, help="read this pyramid level as is")
+    choice.add_argument("--mpp", type=float, help="target µm per pixel (e.g. 0.5)")
+    choice.add_argument("--magnification", type=float, help="target magnification (e.g. 20)")
+    choice.add_argument(
+        "--level-function",
+        metavar="MOD:FUNC",
+        help="user function taking the slide metadata dict and returning a level index",
+    )
+    group.add_argument(
+        "--slide-mpp", type=float, help="level-0 µm/px to use instead of the slide's metadata"
+    )
+    group.add_argument(
+        "--fallback-mpp", type=float, help="level-0 µm/px when the slide records none"
+    )
+
+
+def level_spec(args: argparse.Namespace) -> LevelSpec:
+    """The :class:`LevelSpec` the options describe."""
+    return LevelSpec(
+        level=args.level,
+        mpp=args.mpp,
+        magnification=args.magnification,
+        function=args.level_function,
+        slide_mpp=args.slide_mpp,
+        fallback_mpp=args.fallback_mpp,
+    )

@@ -1,0 +1,257 @@
+"""Models: the built-in offline models and TorchScript files with a preprocessing sidecar.
+
+A model maps a batch of uint8 RGB windows (n, k, k, 3) to float32 outputs, either a vector per
+window (n, C) or a spatial map (n, C, h, w). Nothing here downloads anything; ``torch`` is
+imported only when a TorchScript model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import ConfigError, ModelError
+
+BUILTIN_PREFIX = "builtin:"
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Ruifrok & Johnston (2001) stain vectors (optical density per RGB channel), rows normalised.
+_STAINS = np.array(
+    [[0.650, 0.704, 0.286], [0.072, 0.990, 0.105], [0.268, 0.570, 0.776]], dtype=np.float64
+)
+_STAINS /= np.linalg.norm(_STAINS, axis=1, keepdims=True)
+_UNMIX = np.linalg.inv(_STAINS)
+_OD_LUT = (-np.log10(np.maximum(np.arange(256), 1) / 255.0)).astype(np.float32)
+
+
+class Model(Protocol):
+    """What the collector needs of a model."""
+
+    source: str
+    output_names: list[str]
+    output_shape: tuple[int, ...]
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """Outputs (n, *output_shape) float32 for uint8 windows (n, k, k, 3)."""
+        ...
+
+    def identity(self) -> str:
+        """A string that changes whenever the model's outputs could change."""
+        ...
+
+
+@dataclass
+class MeanRGB:
+    """``builtin:mean-rgb``: mean R, G, B (0-255) of each window.
+
+    A diagnostic: every row can be checked against an independent read of its coordinates.
+    """
+
+    source: str = "builtin:mean-rgb"
+    output_names: list[str] = field(default_factory=lambda: ["mean_r", "mean_g", "mean_b"])
+    output_shape: tuple[int, ...] = (3,)
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        n = windows.shape[0]
+        flat = windows.reshape(n, -1, 3)
+        return flat.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+    def identity(self) -> str:
+        return self.source
+
+
+@dataclass
+class StainDensity:
+    """``builtin:stain``: mean hematoxylin and eosin density by colour deconvolution.
+
+    Uses Ruifrok & Johnston's H&E-DAB vectors; deconvolution is linear in optical density, so
+    the mean density of a window is the deconvolution of its mean optical density.
+    """
+
+    source: str = "builtin:stain"
+    output_names: list[str] = field(default_factory=lambda: ["hematoxylin", "eosin"])
+    output_shape: tuple[int, ...] = (2,)
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        n = windows.shape[0]
+        od = _OD_LUT[windows.reshape(n, -1, 3)]
+        mean_od = od.mean(axis=1, dtype=np.float64)
+        conc = mean_od @ _UNMIX
+        return np.maximum(conc[:, :2], 0).astype(np.float32)
+
+    def identity(self) -> str:
+        return self.source
+
+
+BUILTINS = {"mean-rgb": MeanRGB, "stain": StainDensity}
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``."""
+    if device not in DEVICES:
+        raise ConfigError("device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        if device == "cuda":
+            raise ConfigError("device", "cuda requested but torch is not installed") from None
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise ConfigError("device", "cuda requested but no CUDA device is available")
+    return "cpu"
+
+
+def load_model(
+    source: str, *, kernel_px: int, device: str = "auto", precision: str = "fp32"
+) -> Model:
+    """Load ``builtin:<name>`` or a TorchScript file (with optional ``<file>.json`` sidecar)."""
+    if precision not in PRECISIONS:
+        raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if source.startswith(BUILTIN_PREFIX):
+        name = source[len(BUILTIN_PREFIX) :]
+        if name not in BUILTINS:
+            known = ", ".join(BUILTIN_PREFIX + k for k in BUILTINS)
+            raise ModelError(source, f"unknown built-in model (known: {known})")
+        return BUILTINS[name]()
+    return TorchScriptModel(
+        Path(source), kernel_px=kernel_px, device=resolve_device(device), precision=precision
+    )
+
+
+def sidecar_path(model_path: Path) -> Path:
+    """``model.pt`` -> ``model.pt.json``, else ``model.json``; the first that exists wins."""
+    first = model_path.with_name(model_path.name + ".json")
+    return first if first.exists() else model_path.with_suffix(".json")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class TorchScriptModel:
+    """A TorchScript model file plus preprocessing from its JSON sidecar.
+
+    Sidecar keys (all optional): ``input_size`` (px; windows are resized to it, default the
+    window size), ``mean``/``std`` (per channel, on 0-1 pixels; default 0 and 1),
+    ``activation`` (``softmax``, ``sigmoid`` or ``none``), ``output_names`` (C names).
+    Lives in the collector process; not picklable.
+    """
+
+    def __init__(self, path: Path, *, kernel_px: int, device: str, precision: str) -> None:
+        import torch
+
+        self.source = str(path)
+        self.path = path
+        if not path.exists():
+            raise ModelError(self.source, "no such model file")
+        side = sidecar_path(path)
+        self.sidecar: dict[str, Any] = {}
+        if side.exists():
+            try:
+                self.sidecar = json.loads(side.read_text())
+            except (OSError, ValueError) as exc:
+                raise ModelError(str(side), f"unreadable model sidecar JSON: {exc}") from exc
+        self.device = torch.device(device)
+        self.precision = precision
+        self.kernel_px = kernel_px
+        self.input_size = int(self.sidecar.get("input_size") or kernel_px)
+        self.activation = self.sidecar.get("activation", "none")
+        if self.activation not in ("softmax", "sigmoid", "none"):
+            raise ModelError(str(side), f"activation must be softmax, sigmoid or none, got {self.activation!r}")
+        mean = self.sidecar.get("mean", [0.0, 0.0, 0.0])
+        std = self.sidecar.get("std", [1.0, 1.0, 1.0])
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        try:
+            module = torch.jit.load(str(path), map_location=self.device)
+        except Exception as exc:  # noqa: BLE001 - any load failure is a model error
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(self.source, f"not a loadable TorchScript model: {msg}") from exc
+        module.eval()
+        try:
+            module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
+        except Exception:  # noqa: BLE001 - freezing is an optimisation; fall back to the module
+            pass
+        self.module = module
+        self._sha = file_sha256(path)
+        probe = self._forward(np.full((1, kernel_px, kernel_px, 3), 255, dtype=np.uint8))
+        if probe.ndim not in (2, 4):
+            raise ModelError(self.source, f"output must be (n, C) or (n, C, h, w), got {probe.shape}")
+        self.output_shape = tuple(int(s) for s in probe.shape[1:])
+        names = self.sidecar.get("output_names")
+        c = self.output_shape[0]
+        if names is None:
+            names = [f"out_{i}" for i in range(c)]
+        if len(names) != c:
+            raise ModelError(str(side), f"output_names has {len(names)} names, model outputs {c}")
+        self.output_names = [str(n) for n in names]
+
+    def identity(self) -> str:
+        return json.dumps({"sha256": self._sha, "sidecar": self.sidecar}, sort_keys=True)
+
+    def _forward(self, windows: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        cuda = self.device.type == "cuda"
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(windows))
+            if cuda:
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)
+            x = (x - self._mean) / self._std
+            if self.input_size != x.shape[-1]:
+                x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                                  antialias=True, align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last)
+            if self.precision == "fp32":
+                y = self.module(x)
+            else:
+                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+                with torch.autocast(device_type=self.device.type, dtype=dtype):
+                    y = self.module(x)
+            if isinstance(y, (tuple, list)):
+                y = y[0]
+            y = y.float()
+            if self.activation == "softmax":
+                y = torch.softmax(y, dim=1)
+            elif self.activation == "sigmoid":
+                y = torch.sigmoid(y)
+            return y.cpu().numpy()
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        out = self._forward(windows)
+        if out.shape[1:] != self.output_shape:
+            raise ModelError(self.source, f"output shape changed to {out.shape[1:]}")
+        return out.astype(np.float32, copy=False)
+
+
+def flat_output_names(model: Model) -> list[str]:
+    """CSV column names of a model's outputs (spatial maps flattened as ``name_i_j``)."""
+    from .table import spatial_output_names
+
+    if len(model.output_shape) == 1:
+        return list(model.output_names)
+    _, h, w = model.output_shape
+    return spatial_output_names(model.output_names, h, w)
+
+
+def output_width(model: Model) -> int:
+    """Number of CSV output columns."""
+    return int(math.prod(model.output_shape))

@@ -1,0 +1,76 @@
+"""The only objects that cross process boundaries: small frozen dataclasses.
+
+Pixels never travel in these; they sit in shared-memory slots (see ``shm.py``), and a batch
+message names its slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..grid import Chunk
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """Read ``chunk`` and emit its windows where ``keep`` (n_rows x n_cols bool) is set."""
+
+    chunk: Chunk
+    keep: np.ndarray
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """``n`` windows of one chunk are in shared-memory slot ``slot``; batch i of n_batches."""
+
+    chunk_index: int
+    batch_index: int
+    n_batches: int
+    slot: int
+    rows: np.ndarray
+    cols: np.ndarray
+
+
+@dataclass(frozen=True)
+class LoaderDone:
+    """Loader ``worker`` has no more tasks."""
+
+    worker: int
+
+
+@dataclass(frozen=True)
+class LoaderFailed:
+    """Loader ``worker`` stopped on an error; ``message`` is the one-line reason."""
+
+    worker: int
+    message: str
+    kind: str
+    path: str
+    region: tuple[int, int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class ProcessedPiece:
+    """Processed outputs of one batch (PyDmed's ProcessedPiece): ``values`` is (n, number of output columns) float32."""
+
+    chunk_index: int
+    batch_index: int
+    n_batches: int
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class WriterClose:
+    """No more pieces: flush and exit."""
+
+
+@dataclass(frozen=True)
+class WriterFailed:
+    """The writer could not write (``message`` names the file and the problem)."""
+
+    message: str
+    path: str

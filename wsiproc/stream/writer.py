@@ -1,0 +1,50 @@
+"""The writer process: gathers processed pieces per chunk and checkpoints finished chunks.
+
+Runs off the critical path: the collector only puts small ``Piece`` messages on a bounded
+queue. Chunks complete in any order; ordering happens once, when the final CSV is assembled.
+"""
+
+from __future__ import annotations
+
+import queue as queue_mod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import OutputError
+from .checkpoint import Checkpoint
+from .messages import ProcessedPiece, WriterClose, WriterFailed
+
+
+def run_writer(
+    directory: str, fingerprint: dict[str, Any], width: int, pieces: Any, status: Any
+) -> None:
+    """Consume ``pieces`` until ``WriterClose``; report a failure on ``status`` and exit 1."""
+    try:
+        ckpt = Checkpoint(Path(directory), fingerprint, width)
+        partial: dict[int, list[ProcessedPiece]] = {}
+        while True:
+            try:
+                msg = pieces.get(timeout=1.0)
+            except queue_mod.Empty:
+                continue
+            if isinstance(msg, WriterClose):
+                break
+            got = partial.setdefault(msg.chunk_index, [])
+            got.append(msg)
+            if len(got) == msg.n_batches:
+                got.sort(key=lambda p: p.batch_index)
+                ckpt.append(
+                    msg.chunk_index,
+                    np.concatenate([p.rows for p in got]),
+                    np.concatenate([p.cols for p in got]),
+                    np.concatenate([p.values for p in got]),
+                )
+                del partial[msg.chunk_index]
+    except OutputError as exc:
+        status.put(WriterFailed(str(exc), exc.path))
+        raise SystemExit(1) from None
+    except Exception as exc:  # noqa: BLE001 - worker top level: report, never hang the engine
+        status.put(WriterFailed(f"{directory}: writer failed: {type(exc).__name__}: {exc}", directory))
+        raise SystemExit(1) from None
