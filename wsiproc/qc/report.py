@@ -389,7 +389,7 @@ def _overlay(
 def png_data_uri(image: np.ndarray | Image.Image, max_px: int = DISPLAY_MAX_PX) -> str:
     """An image as a ``data:image/png;base64,`` URI, shrunk to ``max_px`` on its longest side."""
     if isinstance(image, np.ndarray):
-        image = Image.fromarray(image.astype(np.uint8) if image.dtype != bool else image * 255)
+        image = Image.fromarray(image.astype(np.uint8) * (255 if image.dtype == bool else 1))
     image = image.copy()
     image.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
