@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsiproc import cli, table
-from wsiproc.colormap import COLORMAP_NAMES, lookup_table
+from wsiproc.colormap import COLORMAP_NAMES, colorize, lookup_table
 from wsiproc.errors import ConfigError
-from wsiproc.heatmap import WindowGrid, average_windows, colorize, read_meta
+from wsiproc.heatmap import WindowGrid, average_windows, read_meta
 
 
 def write_windows(
@@ -172,8 +172,9 @@ def test_large_raster_is_tiled_pyramid(tmp_path: Path, wsiproc) -> None:
             assert tif.pages[0].shape[:2] == (300, 520)
             assert tif.pages[1].shape[:2] == (150, 260)
             assert pixel_um_from_tags(tif.pages[0]) == pytest.approx((25.0, 25.0), rel=1e-6)
-    got = tifffile.imread(out, key=0)
-    np.testing.assert_array_equal(got, expected_raster(expected, 300, 520, 1)[..., 0])
+    want = expected_raster(expected, 300, 520, 1)[..., 0]
+    np.testing.assert_array_equal(tifffile.imread(out, key=0), want)
+    np.testing.assert_array_equal(tifffile.imread(out, key=1), want[::2, ::2])  # no NaN spread
     slide = openslide.OpenSlide(rgb)
     assert slide.level_count > 1
     assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(25.0)
@@ -431,3 +432,11 @@ def test_window_grid_repr(tmp_path: Path) -> None:
     write_windows(tmp_path, rng=np.random.default_rng(0), grid_rows=3, grid_cols=4)
     grid = WindowGrid(read_meta(tmp_path / "windows.json"), source="w.csv")
     assert repr(grid) == "WindowGrid('w.csv', raster=3x4x2, windows=0)"
+
+
+def test_unwritable_output_is_one_error_line(tmp_path: Path, wsiproc) -> None:
+    csv_path, _ = write_windows(tmp_path, rng=np.random.default_rng(0), grid_rows=2, grid_cols=2)
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "heatmap.tif"
+    code, _, err = wsiproc(csv_path, "--out", out, "--rgb-out", tmp_path / "r.tif")
+    assert code == 1 and err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'file'}:")

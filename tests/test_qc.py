@@ -307,7 +307,7 @@ def test_qc_html_is_self_contained(cohort):
     code, out = run_qc(cohort["clean"])
     assert code == 0
     page = out.with_suffix(".html").read_text()
-    images = re.findall(r'<img src="data:image/png;base64,', page)
+    images = re.findall(r'<img [^>]*src="data:image/png;base64,', page)
     assert len(images) >= 5  # thumbnail, mask, overlay, colour bar, histograms
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
     assert "P-S1 / S1" in page and 'class="banner ok"' in page
@@ -385,3 +385,22 @@ def test_slide_qc_repr(cohort):
     qc = build_qc("s.svs", level_json=d / "level.json", windows=d / "windows.csv")
     assert isinstance(qc, SlideQC)
     assert repr(qc) == "SlideQC(slide_id='S1', flags=[], thumbnail_shape=(80, 120))"
+
+
+def test_qc_escapes_text_and_warns_without_mask(cohort, caplog):
+    d = cohort["clean"]["dir"]
+    meta = json.loads((d / "windows.json").read_text())
+    meta["patient"] = "<b>P&1</b>"
+    (d / "windows.json").write_text(json.dumps(meta))
+    level = json.loads((d / "level.json").read_text())
+    level["mask"] = None
+    level["tissue_percent"] = 12.5
+    (d / "level.json").write_text(json.dumps(level))
+    code, out = run_qc(cohort["clean"])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["tissue_percent"] == 12.5 and record["blur_score"] is None
+    assert record["warnings"] == ["no tissue mask: tissue % taken from level.json"]
+    assert "no tissue mask" in caplog.text
+    page = out.with_suffix(".html").read_text()
+    assert "<b>P&1</b>" not in page and "&lt;b&gt;P&amp;1&lt;/b&gt;" in page

@@ -1,7 +1,7 @@
-"""Named colormaps as 256-entry RGB lookup tables, interpolated from a few anchor colours.
+"""Values → colours: named 256-entry RGB colormaps (no matplotlib), range choice, RGBA mapping.
 
-Separate from :mod:`wsiproc.heatmap` so QC and reports can reuse the same colours without
-matplotlib. The anchors are samples of the published maps; between them colours are linear.
+Separate from :mod:`wsiproc.heatmap` so QC and reports can reuse the same colours. The anchors
+are samples of the published maps; between them colours are linear.
 """
 
 from __future__ import annotations
@@ -107,3 +107,50 @@ def lookup_table(name: str) -> np.ndarray:
     x = np.linspace(0.0, 1.0, 256)
     channels = [np.interp(x, positions, anchors[:, i]) for i in range(3)]
     return np.rint(np.stack(channels, axis=1)).astype(np.uint8)
+
+
+def value_range(
+    band: np.ndarray, *, vmin: float | None = None, vmax: float | None = None
+) -> tuple[float, float]:
+    """Colour range: given bounds, else the 1st/99th percentile of finite values (min/max if
+    those coincide); (0, 1) when there are no finite values.
+
+    Examples
+    --------
+    >>> value_range(np.array([np.nan, 2.0, 2.0]))
+    (2.0, 2.0)
+    >>> value_range(np.arange(101.0), vmax=50.0)
+    (1.0, 50.0)
+    """
+    finite = band[np.isfinite(band)]
+    if finite.size == 0:
+        low, high = 0.0, 1.0
+    else:
+        low, high = (float(v) for v in np.percentile(finite, [1.0, 99.0]))
+        if low >= high:
+            low, high = float(finite.min()), float(finite.max())
+    return (low if vmin is None else float(vmin)), (high if vmax is None else float(vmax))
+
+
+def colorize(band: np.ndarray, lut: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """Map a 2-D band through a 256×3 table between ``vmin`` and ``vmax`` to RGBA uint8.
+
+    Values outside the range take the end colours; NaN is transparent black (alpha 0).
+    A degenerate range (vmin == vmax) maps every value to the lowest colour.
+
+    Examples
+    --------
+    >>> lut = np.stack([np.arange(256)] * 3, axis=1).astype(np.uint8)
+    >>> colorize(np.array([[0.0, 1.0, np.nan]]), lut, 0.0, 1.0)[0].tolist()
+    [[0, 0, 0, 255], [255, 255, 255, 255], [0, 0, 0, 0]]
+    """
+    nan = np.isnan(band)
+    span = vmax - vmin
+    with np.errstate(invalid="ignore", over="ignore"):
+        t = (band.astype(np.float64) - vmin) / span if span > 0 else np.zeros(band.shape)
+        index = np.clip(np.rint(np.nan_to_num(t, nan=0.0) * 255.0), 0, 255).astype(np.uint8)
+    rgba = np.empty((*band.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = lut[index]
+    rgba[..., 3] = 255
+    rgba[nan] = 0
+    return rgba

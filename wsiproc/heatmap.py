@@ -8,7 +8,6 @@ an h×w block there instead, so its raster pixel is ``stride / h`` processing pi
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ import tifffile
 from .atomic import atomic_path
 from .errors import InputTableError, OutputError
 from .table import META_COLUMNS, read_header
-
-log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 65_536
 """CSV rows parsed at a time: bounds memory whatever the number of windows."""
@@ -308,53 +305,6 @@ def pixel_size_um(meta: WindowsMeta) -> tuple[float, float] | None:
     return cell_um / w, cell_um / h
 
 
-def value_range(
-    band: np.ndarray, *, vmin: float | None = None, vmax: float | None = None
-) -> tuple[float, float]:
-    """Colour range: given bounds, else the 1st/99th percentile of finite values (min/max if
-    those coincide); (0, 1) when there are no finite values.
-
-    Examples
-    --------
-    >>> value_range(np.array([np.nan, 2.0, 2.0]))
-    (2.0, 2.0)
-    >>> value_range(np.arange(101.0), vmax=50.0)
-    (1.0, 50.0)
-    """
-    finite = band[np.isfinite(band)]
-    if finite.size == 0:
-        low, high = 0.0, 1.0
-    else:
-        low, high = (float(v) for v in np.percentile(finite, [1.0, 99.0]))
-        if low >= high:
-            low, high = float(finite.min()), float(finite.max())
-    return (low if vmin is None else float(vmin)), (high if vmax is None else float(vmax))
-
-
-def colorize(band: np.ndarray, lut: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
-    """Map a 2-D band through a 256×3 table between ``vmin`` and ``vmax`` to RGBA uint8.
-
-    Values outside the range take the end colours; NaN is transparent black (alpha 0).
-    A degenerate range (vmin == vmax) maps every value to the lowest colour.
-
-    Examples
-    --------
-    >>> lut = np.stack([np.arange(256)] * 3, axis=1).astype(np.uint8)
-    >>> colorize(np.array([[0.0, 1.0, np.nan]]), lut, 0.0, 1.0)[0].tolist()
-    [[0, 0, 0, 255], [255, 255, 255, 255], [0, 0, 0, 0]]
-    """
-    nan = np.isnan(band)
-    span = vmax - vmin
-    with np.errstate(invalid="ignore", over="ignore"):
-        t = (band.astype(np.float64) - vmin) / span if span > 0 else np.zeros(band.shape)
-        index = np.clip(np.rint(np.nan_to_num(t, nan=0.0) * 255.0), 0, 255).astype(np.uint8)
-    rgba = np.empty((*band.shape, 4), dtype=np.uint8)
-    rgba[..., :3] = lut[index]
-    rgba[..., 3] = 255
-    rgba[nan] = 0
-    return rgba
-
-
 def write_tiff(
     path: str | Path,
     raster: np.ndarray,
@@ -365,9 +315,11 @@ def write_tiff(
     """Write an (H, W, bands) float32 or RGBA uint8 raster as a tiled, pyramidal TIFF, atomically.
 
     Tiles are 256 px, compression deflate, pyramid levels halve until one tile holds the
-    image. ``pixel_um`` (x, y) becomes XResolution/YResolution in px/cm; None writes
-    ResolutionUnit NONE so no reader invents a physical size. ``description`` goes into the
-    first page's ImageDescription.
+    image. Float levels keep the top-left pixel of each 2×2 block (``region_shrink=nearest``),
+    so they hold real window values and a missing window does not blank its neighbours; RGBA
+    levels are 2×2 means. ``pixel_um`` (x, y) becomes XResolution/YResolution in px/cm of
+    level 0; None writes ResolutionUnit NONE so no reader invents a physical size.
+    ``description`` goes into the first page's ImageDescription.
 
     Raises
     ------
@@ -377,9 +329,9 @@ def write_tiff(
     raster = np.ascontiguousarray(raster)
     height, width, bands = raster.shape
     if raster.dtype == np.uint8:
-        fmt, interpretation = "uchar", "srgb"
+        fmt, interpretation, shrink = "uchar", "srgb", "mean"
     else:
-        fmt, interpretation = "float", "multiband"
+        fmt, interpretation, shrink = "float", "multiband", "nearest"
     image = pyvips.Image.new_from_memory(raster.data, width, height, bands, fmt)
     image = image.copy(interpretation=interpretation)
     image.set_type(pyvips.GValue.gstr_type, "image-description", description)
@@ -395,14 +347,23 @@ def write_tiff(
                 tile_width=TILE_PX,
                 tile_height=TILE_PX,
                 pyramid=True,
+                region_shrink=shrink,
                 compression="deflate",
                 bigtiff=raster.nbytes > _BIGTIFF_BYTES,
                 **options,
             )
         except pyvips.Error as exc:
-            problem = f"cannot write TIFF: {str(exc).strip().splitlines()[0]}"
-            raise OutputError(str(path), problem) from exc
+            raise OutputError(str(path), _vips_problem(exc, tmp)) from exc
         if pixel_um is None:
             with tifffile.TiffFile(tmp, mode="r+b") as tif:
                 for page in tif.pages:
                     page.tags["ResolutionUnit"].overwrite(1)
+
+
+def _vips_problem(exc: pyvips.Error, tmp: Path) -> str:
+    """First libvips reason (with its system error) for a failed save, without the temp path."""
+    lines = [line.replace(f"{tmp}: ", "") for line in (exc.detail or "").splitlines()]
+    lines = [line for line in lines if line.strip()] or [exc.message]
+    if len(lines) > 1 and lines[1].startswith("system error:"):
+        return f"cannot write TIFF: {lines[0]} ({lines[1]})"
+    return f"cannot write TIFF: {lines[0]}"

@@ -21,6 +21,10 @@ PYVIPS_VENDORS = frozenset({"generic-tiff", "aperio"})
 
 WHITE = 255
 
+MPP_PLAUSIBLE = (0.02, 50.0)
+"""µm/px outside this range is a placeholder (pyvips writes 25.4 px/inch = 1000 µm/px by
+default), not a scanner's calibration: it is treated as missing."""
+
 
 @dataclass(frozen=True)
 class SlideInfo:
@@ -53,6 +57,13 @@ def _float_prop(props: Any, key: str) -> float | None:
     except (KeyError, TypeError, ValueError):
         return None
     return value if value > 0 and np.isfinite(value) else None
+
+
+def _plausible_mpp(mpp: float | None) -> float | None:
+    """``mpp`` if it is a plausible microscope pixel size, else None."""
+    if mpp is None or not MPP_PLAUSIBLE[0] <= mpp <= MPP_PLAUSIBLE[1]:
+        return None
+    return mpp
 
 
 class Slide:
@@ -115,8 +126,8 @@ class Slide:
             level_count=int(self._osr.level_count),
             level_dimensions=tuple((int(w), int(h)) for w, h in self._osr.level_dimensions),
             level_downsamples=tuple(float(d) for d in self._osr.level_downsamples),
-            mpp_x=_float_prop(props, "openslide.mpp-x"),
-            mpp_y=_float_prop(props, "openslide.mpp-y"),
+            mpp_x=_plausible_mpp(_float_prop(props, "openslide.mpp-x")),
+            mpp_y=_plausible_mpp(_float_prop(props, "openslide.mpp-y")),
             objective_power=_float_prop(props, "openslide.objective-power"),
             reader=self.reader,
         )

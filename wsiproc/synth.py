@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
 
 
 def _upsample(field: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear, separable resize of a 2-D float32 field to (height, width), pixel centres aligned."""
+    """Bilinear, separable resize of a 2-D float32 field to (height, width), centres aligned."""
 
     def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pos = (np.arange(n_out, dtype=np.float32) + 0.5) * (n_in / n_out) - 0.5
@@ -104,7 +105,7 @@ def _nuclei(
     darkness = rng.uniform(0.7, 1.5, ys.size).astype(np.float32)
     # Stamp nuclei in a few radius classes so each class uses one vectorised offset table.
     edges = np.quantile(radii, [0.0, 0.33, 0.66, 1.0]) if ys.size else np.zeros(4)
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         sel = (radii >= lo) & (radii <= hi)
         if not sel.any():
             continue
@@ -150,7 +151,7 @@ def tissue_image(
 
     Colours are composed in optical density (Beer-Lambert) from the hematoxylin and eosin stain
     vectors, so stain-based models and colour QC see realistic values. Shapes are drawn on a
-    low-resolution grid and upsampled, so a 6000×4000 image takes about a second.
+    low-resolution grid and upsampled, so a 6000×4000 image takes about 1.5 s on one core.
 
     Parameters
     ----------
@@ -169,6 +170,14 @@ def tissue_image(
     -------
     numpy.ndarray
         ``(height, width, 3)`` uint8 RGB image.
+
+    Examples
+    --------
+    >>> image = tissue_image(300, 200, seed=0)
+    >>> image.shape, image.dtype.name
+    ((200, 300, 3), 'uint8')
+    >>> bool((tissue_image(300, 200, seed=0, tissue=False) > 225).all())
+    True
     """
     if width < 1 or height < 1:
         message = f"image size must be positive, got {width}x{height}"
@@ -291,8 +300,30 @@ def _tifffile_write(path: Path, pages: list[tuple[np.ndarray, dict[str, object]]
         raise OutputError(str(path), describe_os_error(exc)) from exc
 
 
-def _reduce(image: np.ndarray, factor: int) -> np.ndarray:
-    """Box-filter downsample by an integer factor; output size is floor(size / factor)."""
+def downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """Box-filter an H×W×3 uint8 image by an integer factor, as the synthetic pyramids do.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(height, width, 3)`` uint8 RGB image.
+    factor : int
+        Downsampling factor (>= 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(height // factor, width // factor, 3)`` uint8; trailing rows and columns that do not
+        fill a whole box are dropped.
+
+    Examples
+    --------
+    >>> downsample(np.zeros((9, 10, 3), np.uint8), 4).shape
+    (2, 2, 3)
+    """
+    if factor < 1:
+        message = f"downsampling factor must be >= 1, got {factor}"
+        raise ValueError(message)
     height, width = image.shape[0] // factor, image.shape[1] // factor
     cropped = Image.fromarray(np.ascontiguousarray(image[: height * factor, : width * factor]))
     return np.asarray(cropped.reduce(factor))
@@ -326,7 +357,7 @@ def write_plain_tiff_no_metadata(path: str | os.PathLike[str], image: np.ndarray
     pages = [(image, tiled)]
     level = image
     while max(level.shape[:2]) > 256 and min(level.shape[:2]) >= 4:
-        level = _reduce(level, 2)
+        level = downsample(level, 2)
         # OpenSlide's generic-tiff driver takes only reduced-resolution pages as levels.
         pages.append((level, {**tiled, "subfiletype": tifffile.FILETYPE.REDUCEDIMAGE}))
     _tifffile_write(path, pages)
@@ -407,7 +438,7 @@ def write_svs(
     for _ in range(1, levels):
         if min(level.shape[:2]) < 4:
             break
-        level = _reduce(level, 4)
+        level = downsample(level, 4)
         level_description = (
             f"{APERIO_HEADER}\n{width}x{height} [0,0 {width}x{height}] -> "
             f"{level.shape[1]}x{level.shape[0]} JPEG/RGB Q={quality}|{suffix}"
@@ -439,6 +470,11 @@ def corrupt_tile(
     -------
     tuple of int
         ``(x, y, width, height)`` of the tile in level-0 pixels, clipped to the image.
+
+    Raises
+    ------
+    ValueError
+        ``level`` or ``tile_index`` is out of range, or the level is not JPEG-compressed.
     """
     path = Path(path)
     with tifffile.TiffFile(path) as tif:
@@ -454,6 +490,9 @@ def corrupt_tile(
         rows = math.ceil(page.imagelength / page.tilelength)
         if tile_index is None:
             tile_index = (rows // 2) * cols + cols // 2
+        if not 0 <= tile_index < rows * cols:
+            message = f"{path}: tile {tile_index} out of range (0..{rows * cols - 1})"
+            raise ValueError(message)
         offset = int(page.dataoffsets[tile_index])
         count = int(page.databytecounts[tile_index])
         row, col = divmod(tile_index, cols)
@@ -473,14 +512,31 @@ def corrupt_tile(
     )
 
 
-#: Demo cohort: (patient, slide, format, level-0 size, mpp, magnification, tissue, pen, sheet mpp)
+@dataclass(frozen=True)
+class DemoSlide:
+    """One slide of the demo cohort: who it belongs to, its format and what it shows."""
+
+    patient: str
+    slide: str
+    filename: str
+    writer: str  # "svs", "tiff" (resolution tags) or "tiff-nompp" (no resolution)
+    width: int
+    height: int
+    mpp: float
+    magnification: float = 0.0  # objective power; only the svs writer records it
+    tissue: bool = True
+    pen_mark: bool = False
+    sheet_mpp: float | None = None  # written to the sheet's mpp column when the file has none
+
+
+#: The demo cohort: 4 patients, 6 slides; the 20x and 40x SVS cover 1.5 × 1.0 mm each.
 DEMO_SLIDES = (
-    ("P1", "P1_A", "svs", (3000, 2000), 0.5, 20, True, False, None),
-    ("P1", "P1_B", "tif", (2600, 1800), 0.5, None, True, False, None),
-    ("P2", "P2_A", "svs", (6000, 4000), 0.25, 40, True, False, None),
-    ("P3", "P3_A", "tif", (2000, 1500), 0.5, None, False, False, None),
-    ("P4", "P4_A", "svs", (3000, 2000), 0.5, 20, True, True, None),
-    ("P4", "P4_B", "nompp.tif", (2400, 1600), 0.5, None, True, False, 0.5),
+    DemoSlide("P1", "P1_A", "P1_A.svs", "svs", 3000, 2000, 0.5, 20),
+    DemoSlide("P1", "P1_B", "P1_B.tif", "tiff", 2600, 1800, 0.5),
+    DemoSlide("P2", "P2_A", "P2_A.svs", "svs", 6000, 4000, 0.25, 40),
+    DemoSlide("P3", "P3_A", "P3_A.tif", "tiff", 2000, 1500, 0.5, tissue=False),
+    DemoSlide("P4", "P4_A", "P4_A.svs", "svs", 3000, 2000, 0.5, 20, pen_mark=True),
+    DemoSlide("P4", "P4_B", "P4_B.tif", "tiff-nompp", 2400, 1600, 0.5, sheet_mpp=0.5),
 )
 
 
@@ -531,24 +587,23 @@ def demo_cohort(directory: str | os.PathLike[str], *, seed: int = 0) -> Path:
         raise OutputError(str(slides_dir), describe_os_error(exc)) from exc
     rows = ["patient\tslide\tpath\tmpp"]
     for index, spec in enumerate(DEMO_SLIDES):
-        patient, slide, kind, (width, height), mpp, mag, tissue, pen, sheet_mpp = spec
         image = tissue_image(
-            width,
-            height,
+            spec.width,
+            spec.height,
             seed=seed * 1000 + index,
-            tissue=tissue,
-            pen_mark=pen,
-            nucleus_radius_px=2.0 / mpp,
+            tissue=spec.tissue,
+            pen_mark=spec.pen_mark,
+            nucleus_radius_px=2.0 / spec.mpp,  # nuclei ~4 µm across at any scan resolution
         )
-        relative = f"slides/{slide}.{kind.rsplit('.', 1)[-1]}"
-        target = directory / relative
-        if kind == "svs":
-            write_svs(target, image, mpp=mpp, magnification=mag)
-        elif kind == "tif":
-            write_pyramidal_tiff(target, image, mpp=mpp)
+        relative = f"slides/{spec.filename}"
+        if spec.writer == "svs":
+            write_svs(directory / relative, image, mpp=spec.mpp, magnification=spec.magnification)
+        elif spec.writer == "tiff":
+            write_pyramidal_tiff(directory / relative, image, mpp=spec.mpp)
         else:
-            write_plain_tiff_no_metadata(target, image)
-        rows.append(f"{patient}\t{slide}\t{relative}\t{'' if sheet_mpp is None else sheet_mpp}")
+            write_plain_tiff_no_metadata(directory / relative, image)
+        sheet_mpp = "" if spec.sheet_mpp is None else f"{spec.sheet_mpp:g}"
+        rows.append(f"{spec.patient}\t{spec.slide}\t{relative}\t{sheet_mpp}")
     with atomic_write(directory / "samples.tsv") as fh:
         fh.write("\n".join(rows) + "\n")
     config_path = directory / "config.yaml"

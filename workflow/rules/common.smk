@@ -6,18 +6,12 @@ import os
 import re
 import shlex
 
+import jsonschema
 import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 # 1. Config ---------------------------------------------------------------------------
-# Fills the schema defaults; unknown keys and bad values stop here, before any job runs.
-validate(config, "../schemas/config.schema.yaml")
-
-# Every rule gets this as a param, so a new wsiproc release reruns everything it touched
-# instead of leaving results from old code in place.
-WSIPROC_VERSION = importlib.metadata.version("wsiproc")
-
 # Level spec key in config -> flag of `wsiproc level`.
 LEVEL_FLAGS = {
     "mpp": "--mpp",
@@ -25,6 +19,29 @@ LEVEL_FLAGS = {
     "level": "--level",
     "function": "--level-function",
 }
+
+
+def schema_problem(exc):
+    """One line from a failed schema validation: the key path and what is wrong there."""
+    causes = [*exc.args, exc.__cause__, exc.__context__]
+    error = next((c for c in causes if isinstance(c, jsonschema.ValidationError)), None)
+    if error is None:
+        return str(exc).splitlines()[0]
+    key = ".".join(map(str, error.absolute_path)) or "(top level)"
+    if error.validator == "oneOf":
+        return f"{key}: give exactly one of {', '.join(LEVEL_FLAGS)} (the others null)"
+    return f"{key}: {error.message}"
+
+
+# Fills the schema defaults; unknown keys and bad values stop here, before any job runs.
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as exc:
+    raise WorkflowError(f"invalid config: {schema_problem(exc)}") from None
+
+# Every rule gets this as a param, so a new wsiproc release reruns everything it touched
+# instead of leaving results from old code in place.
+WSIPROC_VERSION = importlib.metadata.version("wsiproc")
 
 
 pathvars:
@@ -49,7 +66,9 @@ samples = pd.read_csv(
 try:
     validate(samples, "../schemas/samples.schema.yaml")
 except WorkflowError as exc:
-    raise WorkflowError(f"sample sheet {SHEET} is invalid: {exc}") from exc
+    row = re.search(r"row (\d+)", str(exc.args[0]))
+    where = f", data row {int(row.group(1)) + 1}" if row else ""
+    raise WorkflowError(f"sample sheet {SHEET}{where}: {schema_problem(exc)}") from None
 
 if "mpp" not in samples.columns:
     samples["mpp"] = float("nan")
@@ -115,11 +134,15 @@ def get_level_function_file(wildcards):
     return [source] if source.endswith(".py") else []
 
 
-def get_fallback_mpp(wildcards):
-    """`--fallback-mpp M` from the sheet's mpp cell, else level.fallback_mpp, else nothing."""
+def get_slide_mpp(wildcards):
+    """`--slide-mpp M` from the sheet's mpp cell (overrides the slide's metadata), or nothing."""
     mpp = samples.loc[wildcards.slide, "mpp"]
-    if pd.isna(mpp):
-        mpp = config["level"]["fallback_mpp"]
+    return "" if pd.isna(mpp) else f"--slide-mpp {float(mpp)!r}"
+
+
+def get_fallback_mpp(wildcards):
+    """`--fallback-mpp M` from level.fallback_mpp (slides without metadata), or nothing."""
+    mpp = config["level"]["fallback_mpp"]
     return "" if mpp is None else f"--fallback-mpp {float(mpp)!r}"
 
 
@@ -129,12 +152,13 @@ def get_model(wildcards):
 
 
 def get_model_files(wildcards):
-    """A model file and its sidecar JSON (if present) as inputs, so a new model reruns infer."""
+    """A model file and its sidecar (as wsiproc picks it) as inputs: a new model reruns infer."""
     model = config["model"]["path"]
     if model.startswith("builtin:"):
         return []
+    # wsiproc's sidecar rule: model.pt.json, else model.json; the first that exists wins.
     sidecars = [f"{model}.json", f"{os.path.splitext(model)[0]}.json"]
-    return [model, *(p for p in dict.fromkeys(sidecars) if os.path.isfile(p))]
+    return [model, *[p for p in sidecars if os.path.isfile(p)][:1]]
 
 
 def get_infer_gpus(wildcards):

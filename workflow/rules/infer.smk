@@ -41,6 +41,7 @@ rule infer:
             --min-tissue {params.min_tissue} \
             --model {params.model:q} \
             --workers {threads} \
+            --threads {threads} \
             --batch-size {params.batch_size} \
             --device {params.device} \
             --precision {params.precision} \

@@ -33,6 +33,7 @@ rule select_level:
         runtime=20,
     params:
         level_spec=get_level_spec,
+        slide_mpp=get_slide_mpp,
         fallback_mpp=get_fallback_mpp,
         version=WSIPROC_VERSION,
     shell:
@@ -42,6 +43,7 @@ rule select_level:
             --thumbnail {output.thumbnail:q} \
             --mask {output.mask:q} \
             {params.level_spec} \
+            {params.slide_mpp} \
             {params.fallback_mpp} \
             >{log:q} 2>&1
         """

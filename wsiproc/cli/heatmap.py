@@ -12,18 +12,16 @@ import logging
 from pathlib import Path
 
 from .. import __version__
-from ..colormap import COLORMAP_NAMES, DEFAULT_COLORMAP, lookup_table
+from ..colormap import COLORMAP_NAMES, DEFAULT_COLORMAP, colorize, lookup_table, value_range
 from ..errors import ConfigError
 from ..geojson import FeatureWriter
 from ..heatmap import (
     MODES,
     WindowGrid,
     average_windows,
-    colorize,
     iter_window_chunks,
     pixel_size_um,
     read_meta,
-    value_range,
     window_span,
     write_tiff,
 )
@@ -55,9 +53,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="window: one pixel per window; average: mean of overlapping windows per stride "
         "cell (vector outputs only)",
     )
-    p.add_argument("--colormap", default=DEFAULT_COLORMAP, choices=COLORMAP_NAMES)
-    p.add_argument("--vmin", type=float, help="value drawn with the lowest colour")
-    p.add_argument("--vmax", type=float, help="value drawn with the highest colour")
+    p.add_argument(
+        "--colormap",
+        default=DEFAULT_COLORMAP,
+        choices=COLORMAP_NAMES,
+        help=f"colours of the RGB TIFF (default: {DEFAULT_COLORMAP})",
+    )
+    p.add_argument(
+        "--vmin", type=float, help="value of the lowest colour (default: 1st percentile)"
+    )
+    p.add_argument(
+        "--vmax", type=float, help="value of the highest colour (default: 99th percentile)"
+    )
     p.set_defaults(run=run)
 
 

@@ -11,9 +11,9 @@ import csv
 import html
 import io
 import json
+import logging
 import math
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +30,8 @@ from ..errors import InputTableError
 from ..heatmap import WindowsMeta, iter_window_chunks, read_meta
 from ..table import read_header
 from . import metrics
+
+log = logging.getLogger(__name__)
 
 QC_FORMAT = "wsiproc-qc/1"
 DISPLAY_MAX_PX = 1024
@@ -354,7 +356,7 @@ def build_qc(
         "html": None if html_path is None else str(html_path),
     }
     for note in notes:
-        print(f"warning: {slide}: {note}", file=sys.stderr)
+        log.warning("%s: %s", slide, note)
     return SlideQC(record, rgb, tissue, overlay, values, value_range)
 
 
@@ -429,7 +431,7 @@ def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value) or "–"
     return str(value)
@@ -467,7 +469,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 margin:0 .2em 0 0;font-size:.85em}
 .okflag{color:#2e7d32;font-weight:bold}
 figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
-figure img{max-width:560px;border:1px solid #ccc;image-rendering:auto}
+figure img{border:1px solid #ccc}
+img.slide{width:480px;max-width:100%}
 figcaption{font-size:.85em;color:#555}
 """
 
@@ -494,7 +497,7 @@ def _page(title: str, body: str) -> str:
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """An HTML table from already-escaped cell HTML."""
     head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(rows_) + "</tr>\n" for rows_ in rows)
+    body = "".join("<tr>" + "".join(cells) + "</tr>\n" for cells in rows)
     return f"<table>\n<tr>{head}</tr>\n{body}</table>\n"
 
 
@@ -504,10 +507,11 @@ def _cell(value: Any) -> str:
     return f"<td{' class=num' if numeric else ''}>{html.escape(_fmt(value))}</td>"
 
 
-def _figure(uri: str, caption: str) -> str:
+def _figure(uri: str, caption: str, css_class: str = "chart") -> str:
     """An inline image with an escaped caption."""
     alt = html.escape(caption)
-    return f'<figure><img src="{uri}" alt="{alt}"><figcaption>{alt}</figcaption></figure>\n'
+    img = f'<img class="{css_class}" src="{uri}" alt="{alt}">'
+    return f"<figure>{img}<figcaption>{alt}</figcaption></figure>\n"
 
 
 def _flags_html(names: Sequence[str]) -> str:
@@ -530,13 +534,15 @@ def render_slide_html(qc: SlideQC) -> str:
     meta_rows = [[f"<th>{html.escape(k)}</th>", _cell(rec.get(key))] for k, key in _META_ROWS]
     parts += ["<h2>Slide</h2>", _table(["Field", "Value"], meta_rows), "<h2>Images</h2>"]
     if qc.thumbnail is not None:
-        parts.append(_figure(png_data_uri(qc.thumbnail), "Thumbnail"))
+        parts.append(_figure(png_data_uri(qc.thumbnail), "Thumbnail", "slide"))
     if qc.mask is not None:
-        parts.append(_figure(png_data_uri(qc.mask), "Tissue mask"))
+        parts.append(_figure(png_data_uri(qc.mask), "Tissue mask", "slide"))
     first = next(iter(rec["outputs"]), None)
     if qc.overlay is not None and first is not None:
         lo, hi = qc.value_range
-        parts.append(_figure(png_data_uri(qc.overlay), f"Windows: {first} (mean per pixel)"))
+        parts.append(
+            _figure(png_data_uri(qc.overlay), f"Windows: {first} (mean per pixel)", "slide")
+        )
         parts.append(
             f'<p>{html.escape(_fmt(lo))} <img src="{png_data_uri(colorbar_png())}" '
             f'alt="colour scale"> {html.escape(_fmt(hi))}</p>'
@@ -626,7 +632,7 @@ def render_cohort_html(rows: Sequence[dict[str, Any]]) -> str:
             [[f"<th>{html.escape(f)}</th>", _cell(n)] for f, n in counts.items()],
         ),
     ]
-    header = ["Patient", "Slide", "Level", "mpp", "Windows", "Tissue %", "Blur", "Pen"]
+    header = ["Patient", "Slide", "Level", "mpp", "Windows processed", "Tissue %", "Blur", "Pen"]
     header += ["Runtime (s)", "Windows/s", "Flags", "QC"]
     lines = []
     for r in rows:

@@ -1,0 +1,136 @@
+"""Session-wide test slides, generated once by :mod:`wsiproc.synth` so nothing binary is committed.
+
+Good slides come in both formats wsiproc meets in practice (pyvips generic TIFF, Aperio SVS
+written by tifffile) at odd sizes; broken ones cover each way a file can fail to open or read.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsiproc import synth
+
+#: Level-0 pixel sizes (µm/px) and objective powers of the slide fixtures.
+TIFF_MPP = 0.5
+SVS_20X_MPP = 0.5
+SVS_40X_MPP = 0.25
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Versions of the readers and tools the results depend on."""
+    import openslide
+    import pyvips
+
+    lines = [
+        f"openslide-python {openslide.__version__}, OpenSlide {openslide.__library_version__}",
+        f"pyvips {pyvips.__version__}, libvips "
+        f"{pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}",
+    ]
+    for package in ("torch", "snakemake"):
+        try:
+            lines.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            lines.append(f"{package} not installed")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def slide_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory holding every generated test slide of the session."""
+    return tmp_path_factory.mktemp("slides")
+
+
+@pytest.fixture(scope="session")
+def tiff_image() -> np.ndarray:
+    """Level-0 pixels of :func:`tiff_slide`: 1531×1107 (width×height) RGB."""
+    return synth.tissue_image(1531, 1107, seed=11)
+
+
+@pytest.fixture(scope="session")
+def tiff_slide(slide_dir: Path, tiff_image: np.ndarray) -> Path:
+    """pyvips pyramidal JPEG TIFF (generic-tiff), 1531×1107, 0.5 mpp in resolution tags."""
+    return synth.write_pyramidal_tiff(slide_dir / "generic.tif", tiff_image, mpp=TIFF_MPP)
+
+
+@pytest.fixture(scope="session")
+def svs_image_40x() -> np.ndarray:
+    """Level-0 pixels of :func:`svs_slide_40x`: 4022×3006 RGB at 0.25 µm/px."""
+    return synth.tissue_image(4022, 3006, seed=12, nucleus_radius_px=8.0)
+
+
+@pytest.fixture(scope="session")
+def svs_image_20x(svs_image_40x: np.ndarray) -> np.ndarray:
+    """Level-0 pixels of :func:`svs_slide_20x`: the 40x image box-filtered by 2, 2011×1503."""
+    return synth.downsample(svs_image_40x, 2)
+
+
+@pytest.fixture(scope="session")
+def svs_slide_20x(slide_dir: Path, svs_image_20x: np.ndarray) -> Path:
+    """Aperio SVS, 2011×1503, AppMag 20, MPP 0.5; levels downsampled by 4 and 16."""
+    return synth.write_svs(
+        slide_dir / "aperio_20x.svs", svs_image_20x, mpp=SVS_20X_MPP, magnification=20
+    )
+
+
+@pytest.fixture(scope="session")
+def svs_slide_40x(slide_dir: Path, svs_image_40x: np.ndarray) -> Path:
+    """Aperio SVS of the same tissue as ``svs_slide_20x`` at twice the resolution.
+
+    4022×3006, AppMag 40, MPP 0.25; levels downsampled by 4 and 16.
+    """
+    return synth.write_svs(
+        slide_dir / "aperio_40x.svs", svs_image_40x, mpp=SVS_40X_MPP, magnification=40
+    )
+
+
+@pytest.fixture(scope="session")
+def nompp_image() -> np.ndarray:
+    """Level-0 pixels of :func:`nompp_slide`: 1201×901 RGB."""
+    return synth.tissue_image(1201, 901, seed=13)
+
+
+@pytest.fixture(scope="session")
+def nompp_slide(slide_dir: Path, nompp_image: np.ndarray) -> Path:
+    """Tiled JPEG pyramid (generic-tiff) without resolution tags: OpenSlide reports no mpp."""
+    return synth.write_plain_tiff_no_metadata(slide_dir / "nompp.tif", nompp_image)
+
+
+@pytest.fixture(scope="session")
+def corrupt_slide(slide_dir: Path) -> tuple[Path, tuple[int, int, int, int]]:
+    """2048×2048 pyvips TIFF (0.5 mpp) whose middle level-0 tile is zeroed; (path, l0 box).
+
+    The slide opens; reading any region that touches the box fails in OpenSlide and pyvips.
+    """
+    path = synth.write_pyramidal_tiff(
+        slide_dir / "corrupt.tif", synth.tissue_image(2048, 2048, seed=14), mpp=TIFF_MPP
+    )
+    return path, synth.corrupt_tile(path)
+
+
+@pytest.fixture(scope="session")
+def zero_byte_slide(slide_dir: Path) -> Path:
+    """An empty file named ``.svs``."""
+    path = slide_dir / "empty.svs"
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.fixture(scope="session")
+def truncated_slide(slide_dir: Path, tiff_image: np.ndarray) -> Path:
+    """A pyvips pyramidal TIFF cut to half its bytes: neither OpenSlide nor pyvips opens it."""
+    path = synth.write_pyramidal_tiff(slide_dir / "truncated.tif", tiff_image, mpp=TIFF_MPP)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture(scope="session")
+def not_a_slide(slide_dir: Path) -> Path:
+    """A text file named ``.tif``."""
+    path = slide_dir / "notes.tif"
+    path.write_text("this is a text file, not a slide\n", encoding="utf-8")
+    return path
