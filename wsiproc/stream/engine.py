@@ -191,14 +191,17 @@ def run_inference(req: InferRequest) -> InferResult:
               f"scale {plan.scale:.4g}, grid {rows}x{cols}, {n_keep_total} windows with tissue "
               f">= {req.min_tissue}, {len(todo)} chunks to read"
               + (f", resuming after {resumed} windows" if resumed else ""))
+    t_stream = time.monotonic()
     collector.open(StreamInfo(req.slide, slide_id, req.patient, plan.level, plan.scale,
                               plan.proc_mpp, req.kernel_px, req.stride_px, rows, cols,
                               n_keep_total))
     if todo:
         _stream(req, plan, grid, todo, collector, ckpt, fingerprint, width, resumed,
                 n_keep_total)
+    t_assemble = time.monotonic()
     processed = _assemble(req, grid, plan, ckpt, tissue, names, slide_id)
     elapsed = time.monotonic() - started
+    stream_s = t_assemble - t_stream
     meta = {
         "format": WINDOWS_FORMAT,
         "wsiproc_version": __version__,
@@ -231,6 +234,13 @@ def run_inference(req: InferRequest) -> InferResult:
         "elapsed_s": round(elapsed, 3),
         "windows_per_s": round((processed - resumed) / elapsed, 2) if elapsed > 0 else None,
         "resumed_windows": resumed,
+        "timings_s": {
+            "setup": round(t_stream - started, 3),
+            "stream": round(stream_s, 3),
+            "assemble": round(time.monotonic() - t_assemble, 3),
+        },
+        "stream_windows_per_s": round((processed - resumed) / stream_s, 2) if stream_s > 0
+        else None,
         "mpp_source": plan.mpp_source,
     }
     mpath = meta_path(req.out)
