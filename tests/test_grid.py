@@ -7,8 +7,6 @@ emitted a near-duplicate last column and never read the last pixel row.
 from __future__ import annotations
 
 import math
-from collections import Counter
-
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -63,19 +61,19 @@ def test_valid_border_matches_conv2d_output_size(size, kernel, stride):
     kernel=st.integers(min_value=1, max_value=40),
     stride=st.integers(min_value=1, max_value=50),
 )
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 def test_valid_border_matches_torch_conv2d(size, kernel, stride):
     """The formula above is what torch computes (small sizes: torch runs the convolution)."""
     torch = pytest.importorskip("torch")
-    x = torch.zeros(1, 1, size + 3, size)
-    w = torch.zeros(1, 1, kernel, kernel)
-    expected = (
-        tuple(torch.nn.functional.conv2d(x, w, stride=stride).shape[2:])
-        if size >= kernel
-        else (0, 0)
-    )
+
+    def conv_len(n: int) -> int:
+        if n < kernel:
+            return 0  # torch refuses a kernel larger than the input: no window fits
+        x = torch.zeros(1, 1, n)
+        return torch.nn.functional.conv1d(x, torch.zeros(1, 1, kernel), stride=stride).shape[-1]
+
     grid = Grid(size, size + 3, kernel, stride, "valid", 1.0)
-    assert (grid.rows, grid.cols) == expected
+    assert (grid.rows, grid.cols) == (conv_len(size + 3), conv_len(size))
 
 
 @given(size=st.integers(min_value=1, max_value=3000), kernel=KERNELS, stride=STRIDES)
@@ -125,32 +123,30 @@ def test_pad_border_covers_last_pixel_row(size, kernel, stride):
 @given(
     width=st.integers(min_value=0, max_value=3000),
     height=st.integers(min_value=0, max_value=3000),
-    kernel=st.integers(min_value=1, max_value=300),
-    stride=st.integers(min_value=1, max_value=400),
+    kernel=st.integers(min_value=8, max_value=300),
+    stride=st.integers(min_value=8, max_value=400),
     border=st.sampled_from(["valid", "pad"]),
     chunk_px=st.integers(min_value=1, max_value=2500),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_plan_chunks_covers_every_cell_exactly_once(width, height, kernel, stride, border,
                                                      chunk_px):
     grid = Grid(width, height, kernel, stride, border, 1.0)
     chunks = plan_chunks(grid, chunk_px)
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert [(c.row0, c.col0) for c in chunks] == sorted((c.row0, c.col0) for c in chunks)
-    counts: Counter[tuple[int, int]] = Counter()
+    counts = np.zeros((grid.rows, grid.cols), dtype=np.int32)
     n = cells_per_chunk(grid, chunk_px)
     for c in chunks:
         assert 1 <= c.n_rows <= n and 1 <= c.n_cols <= n
-        for r in range(c.row0, c.row0 + c.n_rows):
-            for col in range(c.col0, c.col0 + c.n_cols):
-                counts[(r, col)] += 1
+        assert c.row0 + c.n_rows <= grid.rows and c.col0 + c.n_cols <= grid.cols
+        counts[c.row0 : c.row0 + c.n_rows, c.col0 : c.col0 + c.n_cols] += 1
         # The chunk's pixel box holds exactly its windows.
         x, y, w, h = c.proc_box(grid)
         assert (x, y) == (c.col0 * stride, c.row0 * stride)
         assert x + w == (c.col0 + c.n_cols - 1) * stride + kernel
         assert y + h == (c.row0 + c.n_rows - 1) * stride + kernel
-    assert len(counts) == grid.rows * grid.cols
-    assert set(counts.values()) <= {1}
+    assert (counts == 1).all()
     assert sum(c.n_rows * c.n_cols for c in chunks) == grid.rows * grid.cols
 
 

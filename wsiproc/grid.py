@@ -21,7 +21,8 @@ def count_windows(size_px: int, kernel_px: int, stride_px: int, border: str) -> 
     """Number of window positions along one axis.
 
     ``valid``: only windows fully inside (Conv2d without padding). ``pad``: enough windows to
-    cover every pixel; the last ones extend past the edge.
+    reach every pixel (every pixel when stride <= kernel); the last ones extend past the edge,
+    and none starts past it.
 
     Examples
     --------
@@ -36,7 +37,8 @@ def count_windows(size_px: int, kernel_px: int, stride_px: int, border: str) -> 
         return 0 if size_px < kernel_px else (size_px - kernel_px) // stride_px + 1
     if size_px <= kernel_px:
         return 1
-    return math.ceil((size_px - kernel_px) / stride_px) + 1
+    # Enough windows to reach the last pixel, but none starting past the edge (stride > kernel).
+    return min(math.ceil((size_px - kernel_px) / stride_px) + 1, math.ceil(size_px / stride_px))
 
 
 @dataclass(frozen=True)

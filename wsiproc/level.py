@@ -37,10 +37,13 @@ class LevelSpec:
     fallback_mpp: float | None = None
 
     def __post_init__(self) -> None:
-        chosen = [k for k in ("level", "mpp", "magnification", "function") if getattr(self, k)
-                  is not None]
+        chosen = [
+            k for k in ("level", "mpp", "magnification", "function") if getattr(self, k) is not None
+        ]
         if len(chosen) > 1:
-            raise ConfigError("level", f"give only one of level/mpp/magnification/function, got {chosen}")
+            raise ConfigError(
+                "level", f"give only one of level/mpp/magnification/function, got {chosen}"
+            )
         for key in ("mpp", "magnification", "slide_mpp", "fallback_mpp"):
             value = getattr(self, key)
             if value is not None and not (value > 0 and math.isfinite(value)):

@@ -173,7 +173,9 @@ class TorchScriptModel:
         self.input_size = int(self.sidecar.get("input_size") or kernel_px)
         self.activation = self.sidecar.get("activation", "none")
         if self.activation not in ("softmax", "sigmoid", "none"):
-            raise ModelError(str(side), f"activation must be softmax, sigmoid or none, got {self.activation!r}")
+            raise ModelError(
+                str(side), f"activation must be softmax, sigmoid or none, got {self.activation!r}"
+            )
         mean = self.sidecar.get("mean", [0.0, 0.0, 0.0])
         std = self.sidecar.get("std", [1.0, 1.0, 1.0])
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -192,7 +194,9 @@ class TorchScriptModel:
         self._sha = file_sha256(path)
         probe = self._forward(np.full((1, kernel_px, kernel_px, 3), 255, dtype=np.uint8))
         if probe.ndim not in (2, 4):
-            raise ModelError(self.source, f"output must be (n, C) or (n, C, h, w), got {probe.shape}")
+            raise ModelError(
+                self.source, f"output must be (n, C) or (n, C, h, w), got {probe.shape}"
+            )
         self.output_shape = tuple(int(s) for s in probe.shape[1:])
         names = self.sidecar.get("output_names")
         c = self.output_shape[0]
@@ -217,8 +221,13 @@ class TorchScriptModel:
             x = x.permute(0, 3, 1, 2).float().div_(255.0)
             x = (x - self._mean) / self._std
             if self.input_size != x.shape[-1]:
-                x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                                  antialias=True, align_corners=False)
+                x = F.interpolate(
+                    x,
+                    size=(self.input_size, self.input_size),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )
             x = x.contiguous(memory_format=torch.channels_last)
             if self.precision == "fp32":
                 y = self.module(x)

@@ -224,8 +224,25 @@ class Slide:
         return _over_white(np.asarray(pil))
 
     def thumbnail_rgb(self, max_size: int) -> np.ndarray:
-        """A thumbnail whose longer side is at most ``max_size`` pixels, as RGB uint8."""
+        """A thumbnail whose longer side is at most ``max_size`` pixels, as RGB uint8.
+
+        With pyvips, the coarsest level still at least ``max_size`` wide is shrunk in a
+        streaming pass (bounded memory, several times faster than OpenSlide's thumbnail).
+        """
         try:
+            if self.reader == "pyvips":
+                level = 0
+                for i, (w, h) in enumerate(self.info.level_dimensions):
+                    if max(w, h) >= max_size:
+                        level = i
+                img = self._pages[level]
+                if img.bands == 4:
+                    img = img.flatten(background=[WHITE, WHITE, WHITE])
+                factor = max_size / max(img.width, img.height)
+                if factor < 1:
+                    img = img.resize(factor, kernel="linear")
+                raw = img.cast("uchar").write_to_memory()
+                return np.frombuffer(raw, dtype=np.uint8).reshape(img.height, img.width, 3)
             pil = self._osr.get_thumbnail((max_size, max_size))
         except Exception as exc:  # noqa: BLE001 - translated to a one-line read error
             region = (-1, 0, 0, self.info.width, self.info.height)

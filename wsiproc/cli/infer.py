@@ -10,8 +10,15 @@ from .options import add_level_options, level_spec
 
 
 def _default_workers() -> int:
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else (os.cpu_count() or 1)))
+    return max(
+        1,
+        min(
+            4,
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1),
+        ),
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,27 +27,49 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="windows.csv to write (windows.json beside it)")
     p.add_argument("--kernel-size", type=int, required=True, help="window side, processing px")
     p.add_argument("--stride", type=int, required=True, help="window step, processing px")
-    p.add_argument("--border", choices=("valid", "pad"), default="valid",
-                   help="valid: only windows fully inside; pad: cover every pixel (white pad)")
-    p.add_argument("--min-tissue", type=float, default=0.25,
-                   help="skip windows with a smaller tissue fraction (0 = process all)")
-    p.add_argument("--model", default="builtin:mean-rgb",
-                   help="builtin:mean-rgb, builtin:stain, or a TorchScript file")
-    p.add_argument("--collector", metavar="MOD:CLASS",
-                   help="a StreamCollector subclass to use instead of --model")
-    p.add_argument("--plan", metavar="LEVEL_JSON",
-                   help="use the level chosen by `wsiproc level` instead of the options below")
+    p.add_argument(
+        "--border",
+        choices=("valid", "pad"),
+        default="valid",
+        help="valid: only windows fully inside; pad: cover every pixel (white pad)",
+    )
+    p.add_argument(
+        "--min-tissue",
+        type=float,
+        default=0.25,
+        help="skip windows with a smaller tissue fraction (0 = process all)",
+    )
+    p.add_argument(
+        "--model",
+        default="builtin:mean-rgb",
+        help="builtin:mean-rgb, builtin:stain, or a TorchScript file",
+    )
+    p.add_argument(
+        "--collector",
+        metavar="MOD:CLASS",
+        help="a StreamCollector subclass to use instead of --model",
+    )
+    p.add_argument(
+        "--plan",
+        metavar="LEVEL_JSON",
+        help="use the level chosen by `wsiproc level` instead of the options below",
+    )
     add_level_options(p)
     p.add_argument("--workers", type=int, default=_default_workers(), help="loader processes")
     p.add_argument("--batch-size", type=int, default=32, help="windows per model batch")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="fp32 is exact; bf16/fp16 autocast is faster where supported")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="fp32 is exact; bf16/fp16 autocast is faster where supported",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: all available cores)")
     p.add_argument("--patient", default="", help="patient id written in every row")
     p.add_argument("--slide-id", default="", help="slide id written in every row (default: stem)")
-    p.add_argument("--reader", choices=("auto", "openslide", "pyvips"), default="auto",
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--reader", choices=("auto", "openslide", "pyvips"), default="auto", help=argparse.SUPPRESS
+    )
     p.add_argument("--chunk-px", type=int, default=2048, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=run)
@@ -58,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 plan = LevelPlan.from_dict(json.load(fh))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputTableError(args.plan, f"not a readable level.json: {exc}") from exc
-    if args.threads:
+    if args.threads and not args.model.startswith("builtin:"):
         try:
             import torch
 

@@ -30,11 +30,11 @@ from ..tissue import tissue_mask, window_tissue_fractions
 from .checkpoint import Checkpoint
 from .collector import ModelCollector, StreamCollector, StreamInfo, StreamPiece, make_collector
 from .loader import LoaderJob, run_loader
-from .messages import ChunkTask, LoaderDone, LoaderFailed, ProcessedPiece, WindowBatch, WriterClose
+from .messages import ChunkTask, LoaderDone, LoaderFailed, ProcessedPiece, WriterClose
 from .shm import SlotPool
 from .writer import run_writer
 
-THUMBNAIL_PX = 2048
+THUMBNAIL_PX = 1024
 """Longer side of the thumbnail tissue is detected on."""
 
 WINDOWS_FORMAT = "wsiproc-windows/1"
@@ -127,77 +127,90 @@ def run_inference(req: InferRequest) -> InferResult:
     with Slide(req.slide, reader=req.reader) as slide:
         info = slide.info
         plan = req.plan or select_level(info, req.spec)
-        grid = Grid(plan.proc_width, plan.proc_height, req.kernel_px, req.stride_px, req.border,
-                    plan.scale)
+        grid = Grid(
+            plan.proc_width, plan.proc_height, req.kernel_px, req.stride_px, req.border, plan.scale
+        )
         rows, cols = grid.rows, grid.cols
-        tissue = np.zeros((rows, cols), dtype=np.float32)
-        if rows and cols:
-            thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
-            mask = tissue_mask(thumb)
-            sx, sy = info.width / mask.shape[1], info.height / mask.shape[0]
-            rr, cc = np.mgrid[0:rows, 0:cols]
-            boxes = grid.l0_boxes(rr.ravel(), cc.ravel())
-            tissue = window_tissue_fractions(mask, sx, sy, boxes).reshape(rows, cols)
-    # Tissue fractions are rounded as in the CSV so the threshold sees what the user sees.
-    tissue = np.round(tissue, 4).astype(np.float32)
-    keep = tissue >= req.min_tissue if req.min_tissue > 0 else np.ones_like(tissue, dtype=bool)
-
-    collector: StreamCollector
-    if req.collector:
-        collector = make_collector(req.collector)
-        source = f"collector:{req.collector}"
-    else:
-        from ..models import load_model, resolve_device
-
-        device = resolve_device(req.device)
-        model = load_model(req.model, kernel_px=req.kernel_px, device=device,
-                           precision=req.precision)
-        collector = ModelCollector(model)
-        source = req.model
-    names = list(collector.output_names)
-    width = len(names)
-    fingerprint = {
-        "format": WINDOWS_FORMAT,
-        "wsiproc": __version__,
-        "slide": _slide_stamp(req.slide),
-        "plan": plan.to_dict(),
-        "grid": [req.kernel_px, req.stride_px, req.border],
-        "min_tissue": req.min_tissue,
-        "model": source,
-        "model_identity": collector.identity(),
-        "outputs": names,
-        "batch_size": req.batch_size,
-        "precision": req.precision,
-        "device": req.device,
-        "chunk_px": req.chunk_px,
-        "patient": req.patient,
-        "slide_id": slide_id,
-    }
-    ckpt = Checkpoint(partial_dir(req.out), fingerprint, width)
-    chunks = plan_chunks(grid, req.chunk_px)
-    todo = []
-    resumed = 0
-    for chunk in chunks:
-        sub = keep[chunk.row0 : chunk.row0 + chunk.n_rows, chunk.col0 : chunk.col0 + chunk.n_cols]
-        n_keep = int(sub.sum())
-        if n_keep == 0:
-            continue
-        if chunk.index in ckpt.done:
-            resumed += n_keep
-            continue
-        todo.append(ChunkTask(chunk, np.ascontiguousarray(sub)))
-    n_keep_total = int(keep.sum())
-    _log(req, f"{req.slide}: level {plan.level} (x{plan.level_downsample:g}), "
-              f"scale {plan.scale:.4g}, grid {rows}x{cols}, {n_keep_total} windows with tissue "
-              f">= {req.min_tissue}, {len(todo)} chunks to read"
-              + (f", resuming after {resumed} windows" if resumed else ""))
-    t_stream = time.monotonic()
-    collector.open(StreamInfo(req.slide, slide_id, req.patient, plan.level, plan.scale,
-                              plan.proc_mpp, req.kernel_px, req.stride_px, rows, cols,
-                              n_keep_total))
-    if todo:
-        _stream(req, plan, grid, todo, collector, ckpt, fingerprint, width, resumed,
-                n_keep_total)
+        chunks = plan_chunks(grid, req.chunk_px)
+        # Loader processes start now, so their start-up overlaps tissue detection and model load.
+        pipeline = _Pipeline(req, plan, grid, n_chunks=len(chunks)) if chunks else None
+        try:
+            tissue = np.zeros((rows, cols), dtype=np.float32)
+            if rows and cols:
+                thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
+                mask = tissue_mask(thumb)
+                sx, sy = info.width / mask.shape[1], info.height / mask.shape[0]
+                rr, cc = np.mgrid[0:rows, 0:cols]
+                boxes = grid.l0_boxes(rr.ravel(), cc.ravel())
+                tissue = window_tissue_fractions(mask, sx, sy, boxes).reshape(rows, cols)
+            # Rounded as in the CSV, so the threshold sees what the user sees.
+            tissue = np.round(tissue, 4).astype(np.float32)
+            keep = (
+                tissue >= req.min_tissue if req.min_tissue > 0 else np.ones_like(tissue, dtype=bool)
+            )
+            collector, source = _make_collector(req)
+            names = list(collector.output_names)
+            width = len(names)
+            fingerprint = {
+                "format": WINDOWS_FORMAT,
+                "wsiproc": __version__,
+                "slide": _slide_stamp(req.slide),
+                "plan": plan.to_dict(),
+                "grid": [req.kernel_px, req.stride_px, req.border],
+                "min_tissue": req.min_tissue,
+                "model": source,
+                "model_identity": collector.identity(),
+                "outputs": names,
+                "batch_size": req.batch_size,
+                "precision": req.precision,
+                "device": req.device,
+                "chunk_px": req.chunk_px,
+                "patient": req.patient,
+                "slide_id": slide_id,
+            }
+            ckpt = Checkpoint(partial_dir(req.out), fingerprint, width)
+            todo = []
+            resumed = 0
+            for chunk in chunks:
+                sub = keep[
+                    chunk.row0 : chunk.row0 + chunk.n_rows, chunk.col0 : chunk.col0 + chunk.n_cols
+                ]
+                n_keep = int(sub.sum())
+                if n_keep == 0:
+                    continue
+                if chunk.index in ckpt.done:
+                    resumed += n_keep
+                    continue
+                todo.append(ChunkTask(chunk, np.ascontiguousarray(sub)))
+            n_keep_total = int(keep.sum())
+            _log(
+                req,
+                f"{req.slide}: level {plan.level} (x{plan.level_downsample:g}), "
+                f"scale {plan.scale:.4g}, grid {rows}x{cols}, {n_keep_total} windows "
+                f"with tissue >= {req.min_tissue}, {len(todo)} chunks to read"
+                + (f", resuming after {resumed} windows" if resumed else ""),
+            )
+            t_stream = time.monotonic()
+            collector.open(
+                StreamInfo(
+                    req.slide,
+                    slide_id,
+                    req.patient,
+                    plan.level,
+                    plan.scale,
+                    plan.proc_mpp,
+                    req.kernel_px,
+                    req.stride_px,
+                    rows,
+                    cols,
+                    n_keep_total,
+                )
+            )
+            if pipeline is not None:
+                pipeline.run(todo, collector, ckpt, fingerprint, width, resumed, n_keep_total)
+        finally:
+            if pipeline is not None:
+                pipeline.close()
     t_assemble = time.monotonic()
     processed = _assemble(req, grid, plan, ckpt, tissue, names, slide_id)
     elapsed = time.monotonic() - started
@@ -229,8 +242,7 @@ def run_inference(req: InferRequest) -> InferResult:
         "model": source,
         "outputs": names,
         "output_names": list(getattr(getattr(collector, "model", None), "output_names", names)),
-        "output_shape": list(getattr(getattr(collector, "model", None), "output_shape",
-                                     (width,))),
+        "output_shape": list(getattr(getattr(collector, "model", None), "output_shape", (width,))),
         "elapsed_s": round(elapsed, 3),
         "windows_per_s": round((processed - resumed) / elapsed, 2) if elapsed > 0 else None,
         "resumed_windows": resumed,
@@ -239,7 +251,8 @@ def run_inference(req: InferRequest) -> InferResult:
             "stream": round(stream_s, 3),
             "assemble": round(time.monotonic() - t_assemble, 3),
         },
-        "stream_windows_per_s": round((processed - resumed) / stream_s, 2) if stream_s > 0
+        "stream_windows_per_s": round((processed - resumed) / stream_s, 2)
+        if stream_s > 0
         else None,
         "mpp_source": plan.mpp_source,
     }
@@ -252,137 +265,198 @@ def run_inference(req: InferRequest) -> InferResult:
     return InferResult(csv_tmp_done, mpath, processed, rows * cols, resumed, meta)
 
 
-def _stream(
-    req: InferRequest,
-    plan: LevelPlan,
-    grid: Grid,
-    todo: list[ChunkTask],
-    collector: StreamCollector,
-    ckpt: Checkpoint,
-    fingerprint: dict[str, Any],
-    width: int,
-    resumed: int,
-    total: int,
-) -> None:
-    """Run loaders, collect in this process, write in the writer process."""
-    from tqdm import tqdm
+def _make_collector(req: InferRequest) -> tuple[StreamCollector, str]:
+    """The user's collector, or the model collector; with the source recorded in outputs."""
+    if req.collector:
+        return make_collector(req.collector), f"collector:{req.collector}"
+    from ..models import BUILTIN_PREFIX, load_model, resolve_device
 
-    ctx = mp.get_context("spawn")
-    workers = min(req.workers, len(todo))
-    n_slots = 2 * workers + 1
-    k = grid.kernel_px
-    pool = SlotPool.create(n_slots, (req.batch_size, k, k, 3))
-    tasks = ctx.Queue()
-    free_slots = ctx.Queue()
-    ready = ctx.Queue(maxsize=n_slots + workers)
-    pieces = ctx.Queue(maxsize=64)
-    writer_status = ctx.Queue()
-    for slot in range(n_slots):
-        free_slots.put(slot)
-    for task in todo:
-        tasks.put(task)
-    for _ in range(workers):
-        tasks.put(None)
-    job = LoaderJob(req.slide, req.reader, plan, grid, req.batch_size, pool.path, n_slots,
-                    os.getpid())
-    procs: list[Any] = []
-    writer = ctx.Process(target=run_writer, name="wsiproc-writer",
-                         args=(str(ckpt.directory), fingerprint, width, pieces, writer_status),
-                         daemon=True)
-    progress = tqdm(total=total, initial=resumed, unit="win", desc=Path(req.slide).name,
-                    disable=req.quiet or not sys.stderr.isatty(), smoothing=0.1)
-    try:
-        writer.start()
-        for w in range(workers):
-            p = ctx.Process(target=run_loader, name=f"wsiproc-loader-{w}",
-                            args=(w, job, tasks, free_slots, ready), daemon=True)
+    # Built-in models run in numpy: do not pay torch's import for them.
+    device = "cpu" if req.model.startswith(BUILTIN_PREFIX) else resolve_device(req.device)
+    model = load_model(req.model, kernel_px=req.kernel_px, device=device, precision=req.precision)
+    return ModelCollector(model), req.model
+
+
+class _Pipeline:
+    """Loader processes, the writer process, their queues and the shared-memory slots.
+
+    Created (loaders started) before the tasks are known; :meth:`close` always tears every
+    process and the shared memory down, also after errors.
+    """
+
+    def __init__(self, req: InferRequest, plan: LevelPlan, grid: Grid, *, n_chunks: int) -> None:
+        self.req = req
+        self.grid = grid
+        ctx = mp.get_context("spawn")
+        self.ctx = ctx
+        self.workers = max(1, min(req.workers, n_chunks))
+        self.n_slots = 2 * self.workers + 1
+        k = grid.kernel_px
+        self.pool = SlotPool.create(self.n_slots, (req.batch_size, k, k, 3))
+        self.tasks = ctx.Queue()
+        self.free_slots = ctx.Queue()
+        self.ready = ctx.Queue(maxsize=self.n_slots + self.workers)
+        self.pieces = ctx.Queue(maxsize=64)
+        self.writer_status = ctx.Queue()
+        self.writer: Any = None
+        self.procs: list[Any] = []
+        self.sentinels_sent = False
+        for slot in range(self.n_slots):
+            self.free_slots.put(slot)
+        job = LoaderJob(
+            req.slide,
+            req.reader,
+            plan,
+            grid,
+            req.batch_size,
+            self.pool.path,
+            self.n_slots,
+            os.getpid(),
+        )
+        for w in range(self.workers):
+            p = ctx.Process(
+                target=run_loader,
+                name=f"wsiproc-loader-{w}",
+                args=(w, job, self.tasks, self.free_slots, self.ready),
+                daemon=True,
+            )
             p.start()
-            procs.append(p)
-        running = workers
-        while running:
-            msg = _get_checked(ready, procs, writer, writer_status)
-            if isinstance(msg, LoaderDone):
-                running -= 1
-                continue
-            if isinstance(msg, LoaderFailed):
-                if msg.kind == "read" and msg.region is not None:
-                    raise SlideReadError(msg.path, msg.region, msg.message.rsplit(": ", 1)[-1])
-                raise WorkerError(msg.message)
-            assert isinstance(msg, WindowBatch)
-            n = len(msg.rows)
-            piece = StreamPiece(pool.view(msg.slot)[:n], msg.rows, msg.cols,
-                                grid.l0_boxes(msg.rows, msg.cols))
-            values = np.asarray(collector.process_piece(piece), dtype=np.float32).reshape(n, -1)
-            if values.shape[1] != width:
-                raise WorkerError(f"collector returned {values.shape[1]} values per window, "
-                                  f"expected {width} ({', '.join(collector.output_names)})")
-            free_slots.put(msg.slot)
-            _put_checked(pieces, ProcessedPiece(msg.chunk_index, msg.batch_index,
-                                                msg.n_batches, msg.rows, msg.cols, values),
-                         writer, writer_status)
-            progress.update(n)
-            if collector.is_finished():
-                break
-        _put_checked(pieces, WriterClose(), writer, writer_status)
-        writer.join()
-        _raise_writer_failure(writer_status)
-        if writer.exitcode != 0:
-            raise WorkerError(f"{ckpt.directory}: writer exited with code {writer.exitcode}")
+            self.procs.append(p)
+
+    def run(
+        self,
+        todo: list[ChunkTask],
+        collector: StreamCollector,
+        ckpt: Checkpoint,
+        fingerprint: dict[str, Any],
+        width: int,
+        resumed: int,
+        total: int,
+    ) -> None:
+        """Feed the tasks, collect every batch in this process, let the writer checkpoint."""
+        from tqdm import tqdm
+
+        for task in todo:
+            self.tasks.put(task)
+        for _ in range(self.workers):
+            self.tasks.put(None)
+        self.sentinels_sent = True
+        if not todo:
+            return
+        grid, pool = self.grid, self.pool
+        self.writer = self.ctx.Process(
+            target=run_writer,
+            name="wsiproc-writer",
+            daemon=True,
+            args=(str(ckpt.directory), fingerprint, width, self.pieces, self.writer_status),
+        )
+        self.writer.start()
+        progress = tqdm(
+            total=total,
+            initial=resumed,
+            unit="win",
+            desc=Path(self.req.slide).name,
+            disable=self.req.quiet or not sys.stderr.isatty(),
+            smoothing=0.1,
+        )
+        try:
+            running = self.workers
+            while running:
+                msg = self._get_ready()
+                if isinstance(msg, LoaderDone):
+                    running -= 1
+                    continue
+                if isinstance(msg, LoaderFailed):
+                    if msg.kind == "read" and msg.region is not None:
+                        raise SlideReadError(msg.path, msg.region, msg.message.rsplit(": ", 1)[-1])
+                    raise WorkerError(msg.message)
+                n = len(msg.rows)
+                piece = StreamPiece(
+                    pool.view(msg.slot)[:n], msg.rows, msg.cols, grid.l0_boxes(msg.rows, msg.cols)
+                )
+                values = np.asarray(collector.process_piece(piece), dtype=np.float32)
+                values = values.reshape(n, -1)
+                if values.shape[1] != width:
+                    raise WorkerError(
+                        f"collector returned {values.shape[1]} values per window, expected "
+                        f"{width} ({', '.join(collector.output_names)})"
+                    )
+                self.free_slots.put(msg.slot)
+                self._put_piece(
+                    ProcessedPiece(
+                        msg.chunk_index, msg.batch_index, msg.n_batches, msg.rows, msg.cols, values
+                    )
+                )
+                progress.update(n)
+                if collector.is_finished():
+                    break
+            self._put_piece(WriterClose())
+            self.writer.join()
+            self._raise_writer_failure()
+            if self.writer.exitcode != 0:
+                raise WorkerError(
+                    f"{ckpt.directory}: writer exited with code {self.writer.exitcode}"
+                )
+        finally:
+            progress.close()
+        ckpt.reload()  # what the writer process committed
+
+    def close(self) -> None:
+        """Stop every process and free the shared memory (idempotent)."""
+        if not self.sentinels_sent:
+            for _ in range(self.workers):
+                self.tasks.put(None)
+            self.sentinels_sent = True
+        procs = [p for p in [*self.procs, self.writer] if p is not None]
         for p in procs:
-            p.join(timeout=5)
-    finally:
-        progress.close()
-        for p in [*procs, writer]:
+            p.join(timeout=0.5 if p is not self.writer else 5)
+        for p in procs:
             if p.is_alive():
                 p.terminate()
-        for p in [*procs, writer]:
-            if p.pid is not None:
                 p.join(timeout=5)
-        pool.unlink()
-        for q in (tasks, free_slots, ready, pieces, writer_status):
+        self.pool.unlink()
+        for q in (self.tasks, self.free_slots, self.ready, self.pieces, self.writer_status):
             q.cancel_join_thread()
             q.close()
-    ckpt.reload()  # what the writer process committed
 
-
-def _raise_writer_failure(status: Any) -> None:
-    try:
-        failed = status.get_nowait()
-    except queue_mod.Empty:
-        return
-    raise WsiprocError(failed.message)
-
-
-def _get_checked(ready: Any, procs: list[Any], writer: Any, writer_status: Any) -> Any:
-    """Next loader message; a dead loader or writer becomes an error instead of a hang."""
-    while True:
+    def _raise_writer_failure(self) -> None:
         try:
-            return ready.get(timeout=1.0)
+            failed = self.writer_status.get_nowait()
         except queue_mod.Empty:
-            pass
-        if not writer.is_alive():
-            _raise_writer_failure(writer_status)
-            raise WorkerError(f"writer process died (exit code {writer.exitcode})")
-        for p in procs:
-            if not p.is_alive() and p.exitcode not in (0, None):
-                try:  # its failure message may still be in flight
-                    return ready.get(timeout=1.0)
-                except queue_mod.Empty:
-                    raise WorkerError(
-                        f"loader process {p.name} died (exit code {p.exitcode})"
-                    ) from None
-
-
-def _put_checked(q: Any, msg: Any, writer: Any, writer_status: Any) -> None:
-    """Put on the bounded writer queue; fail if the writer died meanwhile."""
-    while True:
-        try:
-            q.put(msg, timeout=1.0)
             return
-        except queue_mod.Full:
-            if not writer.is_alive():
-                _raise_writer_failure(writer_status)
-                raise WorkerError(f"writer process died (exit code {writer.exitcode})") from None
+        raise WsiprocError(failed.message)
+
+    def _writer_died(self) -> WsiprocError:
+        self._raise_writer_failure()
+        return WorkerError(f"writer process died (exit code {self.writer.exitcode})")
+
+    def _get_ready(self) -> Any:
+        """Next loader message; a dead loader or writer becomes an error, not a hang."""
+        while True:
+            try:
+                return self.ready.get(timeout=1.0)
+            except queue_mod.Empty:
+                pass
+            if not self.writer.is_alive():
+                raise self._writer_died()
+            for p in self.procs:
+                if not p.is_alive() and p.exitcode not in (0, None):
+                    try:  # its failure message may still be in flight
+                        return self.ready.get(timeout=1.0)
+                    except queue_mod.Empty:
+                        raise WorkerError(
+                            f"loader process {p.name} died (exit code {p.exitcode})"
+                        ) from None
+
+    def _put_piece(self, msg: Any) -> None:
+        """Put on the bounded writer queue; fail if the writer died meanwhile."""
+        while True:
+            try:
+                self.pieces.put(msg, timeout=1.0)
+                return
+            except queue_mod.Full:
+                if not self.writer.is_alive():
+                    raise self._writer_died() from None
 
 
 def _assemble(
@@ -413,7 +487,17 @@ def _assemble(
             values = np.concatenate([p[2] for p in parts])
             order = np.lexsort((cols, rows))
             rows, cols, values = rows[order], cols[order], values[order]
-            fh.write(format_rows(req.patient, slide_id, rows, cols, grid.l0_boxes(rows, cols),
-                                 plan.level, tissue[rows, cols], values))
+            fh.write(
+                format_rows(
+                    req.patient,
+                    slide_id,
+                    rows,
+                    cols,
+                    grid.l0_boxes(rows, cols),
+                    plan.level,
+                    tissue[rows, cols],
+                    values,
+                )
+            )
             n += len(rows)
     return n

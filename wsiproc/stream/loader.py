@@ -70,8 +70,9 @@ def run_loader(worker: int, job: LoaderJob, tasks: Any, free_slots: Any, ready: 
     from ..slide import Slide
 
     try:
-        pool = SlotPool.attach(job.shm_path, job.n_slots, (job.batch_size, job.grid.kernel_px,
-                                                            job.grid.kernel_px, 3))
+        pool = SlotPool.attach(
+            job.shm_path, job.n_slots, (job.batch_size, job.grid.kernel_px, job.grid.kernel_px, 3)
+        )
         slide = Slide(job.slide_path, reader=job.reader)
         k, s = job.grid.kernel_px, job.grid.stride_px
         while True:
@@ -87,7 +88,7 @@ def run_loader(worker: int, job: LoaderJob, tasks: Any, free_slots: Any, ready: 
                 sel = slice(b * job.batch_size, min(n, (b + 1) * job.batch_size))
                 slot = _get(free_slots, job.parent_pid)
                 out = pool.view(slot)
-                for j, (lr, lc) in enumerate(zip(local_r[sel], local_c[sel])):
+                for j, (lr, lc) in enumerate(zip(local_r[sel], local_c[sel], strict=True)):
                     out[j] = pixels[lr * s : lr * s + k, lc * s : lc * s + k]
                 ready.put(
                     WindowBatch(

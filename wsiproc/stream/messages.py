@@ -53,7 +53,7 @@ class LoaderFailed:
 
 @dataclass(frozen=True)
 class ProcessedPiece:
-    """Processed outputs of one batch (PyDmed's ProcessedPiece): ``values`` is (n, number of output columns) float32."""
+    """Outputs of one batch (PyDmed's ProcessedPiece): ``values`` is (n, columns) float32."""
 
     chunk_index: int
     batch_index: int

@@ -30,7 +30,9 @@ class SlotPool:
     and batch messages), never shared concurrently.
     """
 
-    def __init__(self, path: str, n_slots: int, slot_shape: tuple[int, ...], *, create: bool) -> None:
+    def __init__(
+        self, path: str, n_slots: int, slot_shape: tuple[int, ...], *, create: bool
+    ) -> None:
         self.path = path
         self.n_slots = n_slots
         self.slot_shape = tuple(slot_shape)

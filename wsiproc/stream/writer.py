@@ -46,5 +46,7 @@ def run_writer(
         status.put(WriterFailed(str(exc), exc.path))
         raise SystemExit(1) from None
     except Exception as exc:  # noqa: BLE001 - worker top level: report, never hang the engine
-        status.put(WriterFailed(f"{directory}: writer failed: {type(exc).__name__}: {exc}", directory))
+        status.put(
+            WriterFailed(f"{directory}: writer failed: {type(exc).__name__}: {exc}", directory)
+        )
         raise SystemExit(1) from None

@@ -1,0 +1,449 @@
+"""The real Snakemake workflow, run as a subprocess in tmp_path: lint and format, config and
+sheet errors, and (slow) the demo cohort end to end with its rerun behaviour.
+
+Snakemake runs as ``python -m snakemake`` with this interpreter's bin directory first on PATH,
+so the rules find the same ``wsiproc`` (and snakefmt finds ``shfmt``). Every run uses
+``--workflow-profile none`` and its own working directory (Snakemake locks it).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+BIN_DIR = os.path.dirname(sys.executable)
+
+#: Files each slide gets in {outdir}/{patient}/{slide}/.
+SLIDE_OUTPUTS = (
+    "level.json",
+    "thumbnail.png",
+    "mask.png",
+    "windows.csv",
+    "windows.json",
+    "heatmap.tif",
+    "heatmap_rgb.tif",
+    "windows.geojson",
+    "qc.json",
+    "qc.html",
+)
+PER_SLIDE_RULES = ("select_level", "infer", "heatmap", "qc")
+PNG_DATA_URI = "data:image/png;base64,"
+
+
+# --- helpers -------------------------------------------------------------------------------
+def tool_env() -> dict[str, str]:
+    """The environment with this interpreter's bin directory first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = BIN_DIR + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the workflow in ``workdir`` with 2 cores and no workflow profile."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(SNAKEFILE),
+        "--directory",
+        str(workdir),
+        "--workflow-profile",
+        "none",
+        "--cores",
+        "2",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, cwd=workdir, env=tool_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def output_of(proc: subprocess.CompletedProcess) -> str:
+    """stdout and stderr of a finished process, for messages and asserts."""
+    return f"{proc.stdout}\n{proc.stderr}"
+
+
+_JOB_HEADER = re.compile(r"^(?:local)?rule (\w+):$")
+
+
+def planned_jobs(dry_run_stdout: str) -> list[tuple[str, str]]:
+    """(rule, slide or patient or "") of every job a ``-n`` run lists."""
+    jobs: list[tuple[str, str]] = []
+    for line in dry_run_stdout.splitlines():
+        header = _JOB_HEADER.match(line.strip())
+        if header:
+            jobs.append((header.group(1), ""))
+        elif jobs and line.strip().startswith("wildcards:"):
+            pairs = line.strip()[len("wildcards:") :].split(",")
+            wildcards = dict(pair.strip().split("=", 1) for pair in pairs)
+            jobs[-1] = (jobs[-1][0], wildcards.get("slide", wildcards.get("patient", "")))
+    return jobs
+
+
+def dry_run(workdir: Path, configfile: Path, *args: str) -> list[tuple[str, str]]:
+    """Jobs a dry run would execute, with every file compared by mtime (no checksums)."""
+    proc = snakemake(
+        workdir, "-n", "--max-checksum-file-size", "0", "--configfile", str(configfile), *args
+    )
+    assert proc.returncode == 0, output_of(proc)
+    jobs = planned_jobs(proc.stdout)
+    if not jobs:
+        assert "Nothing to be done" in proc.stdout, proc.stdout
+    return jobs
+
+
+def rule_counts(jobs: list[tuple[str, str]]) -> dict[str, int]:
+    """Number of jobs per rule."""
+    return dict(collections.Counter(rule for rule, _ in jobs))
+
+
+def write_config(path: Path, config: dict) -> Path:
+    """Write ``config`` as YAML to ``path``."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def changed_config(base: Path, target: Path, section: str, key: str, value: object) -> Path:
+    """A copy of the config file ``base`` with ``section.key`` set to ``value``."""
+    config = yaml.safe_load(base.read_text())
+    config.setdefault(section, {})[key] = value
+    return write_config(target, config)
+
+
+@pytest.fixture
+def dummy_cohort(tmp_path: Path) -> Path:
+    """A sheet of two placeholder slide files and a config, enough to parse the workflow."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("a.svs", "b.tif"):
+        (slides / name).write_bytes(b"not a slide")
+    (tmp_path / "samples.tsv").write_text(
+        "patient\tslide\tpath\tmpp\nP1\tS1\tslides/a.svs\t\nP1\tS2\tslides/b.tif\t0.25\n"
+    )
+    config = {"samples": "samples.tsv", "outdir": "results", "logdir": "logs"}
+    return write_config(tmp_path / "config.yaml", config)
+
+
+# --- (a) lint and format -------------------------------------------------------------------
+def test_lint_is_clean(tmp_path: Path, dummy_cohort: Path) -> None:
+    proc = snakemake(tmp_path, "--lint", "--configfile", str(dummy_cohort))
+    assert proc.returncode == 0, output_of(proc)
+
+
+def test_snakefmt_check_is_clean() -> None:
+    pytest.importorskip("snakefmt")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", str(REPO / "workflow")],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, output_of(proc)
+
+
+def test_dry_run_plans_every_stage_per_slide(tmp_path: Path, dummy_cohort: Path) -> None:
+    jobs = dry_run(tmp_path, dummy_cohort)
+    assert rule_counts(jobs) == {
+        "select_level": 2,
+        "infer": 2,
+        "heatmap": 2,
+        "qc": 2,
+        "patient_csv": 1,
+        "report": 1,
+        "all": 1,
+    }
+
+
+# --- (b) config and sheet errors -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"window": {"border": "diagonal"}}, ["window.border", "diagonal"]),
+        ({"window": {"strid": 112}}, ["window", "strid"]),
+        ({"modle": {"path": "builtin:stain"}}, ["modle"]),
+        ({"qc": {"pen_threshold": 2}}, ["qc.pen_threshold"]),
+        ({"level": {"mpp": 0.5, "level": 0}}, ["level", "exactly one"]),
+    ],
+    ids=["bad-enum", "typo-nested-key", "typo-top-key", "out-of-range", "two-level-specs"],
+)
+def test_bad_config_fails_before_any_job_naming_the_key(
+    tmp_path: Path, dummy_cohort: Path, change: dict, expected: list[str]
+) -> None:
+    config = yaml.safe_load(dummy_cohort.read_text())
+    config.update(change)
+    write_config(dummy_cohort, config)
+    proc = snakemake(tmp_path, "--configfile", str(dummy_cohort))
+    assert proc.returncode != 0
+    text = output_of(proc)
+    assert "invalid config" in text
+    for word in expected:
+        assert word in text
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "logs").exists()
+
+
+def test_sheet_with_missing_slide_fails_naming_sheet_slide_and_path(
+    tmp_path: Path, dummy_cohort: Path
+) -> None:
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(sheet.read_text() + "P2\tS3\tslides/gone.svs\t\n")
+    proc = snakemake(tmp_path, "--configfile", str(dummy_cohort))
+    assert proc.returncode != 0
+    text = output_of(proc)
+    assert "samples.tsv" in text
+    assert "S3" in text
+    assert os.path.join("slides", "gone.svs") in text
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ("P 2\tS3\tslides/a.svs\t\n", "patient"),
+        ("P2\tS3\tslides/a.svs\tabc\n", "mpp"),
+        ("P2\tS1\tslides/a.svs\t\n", "unique"),
+    ],
+    ids=["bad-patient-id", "non-numeric-mpp", "duplicate-slide"],
+)
+def test_bad_sheet_row_fails_naming_the_column(
+    tmp_path: Path, dummy_cohort: Path, row: str, expected: str
+) -> None:
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(sheet.read_text() + row)
+    proc = snakemake(tmp_path, "--configfile", str(dummy_cohort))
+    assert proc.returncode != 0
+    text = output_of(proc)
+    assert "samples.tsv" in text
+    assert expected in text
+
+
+# --- (c) the demo cohort end to end --------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The demo cohort, generated and run once through the whole workflow."""
+    workdir = tmp_path_factory.mktemp("workflow_demo")
+    made = subprocess.run(
+        [sys.executable, "-m", "wsiproc", "demo", str(workdir / "demo")],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert made.returncode == 0, output_of(made)
+    configfile = workdir / "demo" / "config.yaml"
+    config = yaml.safe_load(configfile.read_text())
+    run = snakemake(workdir, "--configfile", str(configfile))
+    assert run.returncode == 0, output_of(run)
+    sheet = pd.read_csv(config["samples"], sep="\t", dtype=str, keep_default_na=False)
+    return {
+        "workdir": workdir,
+        "configfile": configfile,
+        "config": config,
+        "outdir": Path(config["outdir"]),
+        "logdir": Path(config["logdir"]),
+        "sheet": sheet,
+        "slides": list(zip(sheet["patient"], sheet["slide"], strict=True)),
+    }
+
+
+@pytest.mark.slow
+def test_demo_writes_every_output_and_log(demo: dict) -> None:
+    outdir, logdir = demo["outdir"], demo["logdir"]
+    for patient, slide in demo["slides"]:
+        for name in SLIDE_OUTPUTS:
+            assert (outdir / patient / slide / name).stat().st_size > 0, (slide, name)
+        for rule in PER_SLIDE_RULES:
+            assert (logdir / rule / patient / f"{slide}.log").is_file(), (rule, slide)
+            assert (logdir / "benchmarks" / rule / patient / f"{slide}.tsv").is_file()
+    for patient in demo["sheet"]["patient"].unique():
+        assert (outdir / patient / f"{patient}.csv").is_file()
+    assert (outdir / "report.html").is_file()
+    assert (outdir / "summary.tsv").is_file()
+    assert not (outdir / "logs").exists()
+
+
+@pytest.mark.slow
+def test_demo_patient_csv_concatenates_its_slides(demo: dict) -> None:
+    outdir, sheet = demo["outdir"], demo["sheet"]
+    for patient, group in sheet.groupby("patient"):
+        rows = sum(
+            len(pd.read_csv(outdir / patient / slide / "windows.csv")) for slide in group["slide"]
+        )
+        assert len(pd.read_csv(outdir / patient / f"{patient}.csv")) == rows
+
+
+@pytest.mark.slow
+def test_demo_heatmap_rgb_opens_in_openslide(demo: dict) -> None:
+    openslide = pytest.importorskip("openslide")
+    for patient, slide in demo["slides"]:
+        with openslide.OpenSlide(demo["outdir"] / patient / slide / "heatmap_rgb.tif") as image:
+            assert image.dimensions[0] > 0 and image.dimensions[1] > 0
+
+
+@pytest.mark.slow
+def test_demo_heatmap_pixel_equals_csv_value_of_its_window(demo: dict) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    for patient, slide in demo["slides"]:
+        folder = demo["outdir"] / patient / slide
+        meta = json.loads((folder / "windows.json").read_text())
+        values = tifffile.imread(folder / "heatmap.tif")
+        assert values.shape[:2] == (meta["grid_rows"], meta["grid_cols"]), slide
+        if values.ndim == 2:
+            values = values[:, :, np.newaxis]
+        table = pd.read_csv(folder / "windows.csv")
+        rows = table["row"].to_numpy(dtype=np.int64)
+        cols = table["col"].to_numpy(dtype=np.int64)
+        for band, column in enumerate(meta["outputs"]):
+            got = values[rows, cols, band]
+            want = table[column].to_numpy(dtype=np.float32)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=slide)
+            # Windows without a CSV row (skipped: too little tissue) stay empty.
+            assert np.isfinite(values[:, :, band]).sum() == len(table), slide
+
+
+@pytest.mark.slow
+def test_demo_qc_pages_embed_png_images(demo: dict) -> None:
+    for patient, slide in demo["slides"]:
+        page = (demo["outdir"] / patient / slide / "qc.html").read_text()
+        assert PNG_DATA_URI in page, slide
+
+
+@pytest.mark.slow
+def test_demo_report_html_embeds_png_images(demo: dict) -> None:
+    page = (demo["outdir"] / "report.html").read_text()
+    for _, slide in demo["slides"]:
+        assert slide in page
+    assert PNG_DATA_URI in page
+
+
+@pytest.mark.slow
+def test_demo_snakemake_report_builds(demo: dict) -> None:
+    target = demo["workdir"] / "report.zip"
+    proc = snakemake(
+        demo["workdir"], "--configfile", str(demo["configfile"]), "--report", str(target)
+    )
+    assert proc.returncode == 0, output_of(proc)
+    assert target.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_unchanged_rerun_has_nothing_to_do(demo: dict) -> None:
+    assert dry_run(demo["workdir"], demo["configfile"]) == []
+
+
+@pytest.mark.slow
+def test_touched_slide_reruns_only_its_own_chain(demo: dict) -> None:
+    patient, slide = demo["slides"][1]
+    path = Path(demo["config"]["samples"]).parent / demo["sheet"]["path"][1]
+    before = path.stat()
+    later = time.time() + 60
+    os.utime(path, (later, later))
+    try:
+        jobs = dry_run(demo["workdir"], demo["configfile"])
+    finally:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    expected = {(rule, slide) for rule in PER_SLIDE_RULES}
+    expected |= {("patient_csv", patient), ("report", ""), ("all", "")}
+    assert sorted(jobs) == sorted(expected)
+
+
+@pytest.mark.slow
+def test_window_stride_change_reruns_every_infer_but_no_level_selection(demo: dict) -> None:
+    stride = demo["config"]["window"]["stride"] // 2
+    configfile = changed_config(
+        demo["configfile"], demo["workdir"] / "stride.yaml", "window", "stride", stride
+    )
+    counts = rule_counts(dry_run(demo["workdir"], configfile))
+    n_slides = len(demo["slides"])
+    assert counts.get("infer") == n_slides
+    assert "select_level" not in counts
+    assert counts.get("heatmap") == n_slides
+    assert counts.get("qc") == n_slides
+
+
+@pytest.mark.slow
+def test_qc_option_change_reruns_only_qc_and_report(demo: dict) -> None:
+    configfile = changed_config(
+        demo["configfile"], demo["workdir"] / "qc.yaml", "qc", "pen_threshold", 0.5
+    )
+    counts = rule_counts(dry_run(demo["workdir"], configfile))
+    assert counts == {"qc": len(demo["slides"]), "report": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_heatmap_option_change_reruns_only_heatmaps(demo: dict) -> None:
+    configfile = changed_config(
+        demo["configfile"], demo["workdir"] / "heatmap.yaml", "heatmap", "colormap", "magma"
+    )
+    counts = rule_counts(dry_run(demo["workdir"], configfile))
+    assert counts == {"heatmap": len(demo["slides"]), "all": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("model", "batch_size", 7), ("model", "device", "cpu"), ("loader", "workers", 2)],
+)
+def test_runtime_knob_change_reruns_nothing(
+    demo: dict, section: str, key: str, value: object
+) -> None:
+    configfile = changed_config(
+        demo["configfile"], demo["workdir"] / f"{key}.yaml", section, key, value
+    )
+    assert dry_run(demo["workdir"], configfile) == []
+
+
+@pytest.mark.slow
+def test_unreadable_slide_fails_alone_with_keep_going(demo: dict, tmp_path: Path) -> None:
+    """One slide of garbage bytes: its jobs fail, every other slide still completes."""
+    source = Path(demo["config"]["samples"]).parent
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    good = demo["sheet"].iloc[[0, 5]]
+    for path in good["path"]:
+        shutil.copy2(source / path, slides / Path(path).name)
+    (slides / "broken.svs").write_bytes(np.random.default_rng(0).bytes(50_000))
+    rows = ["patient\tslide\tpath\tmpp"]
+    rows += [
+        f"{p}\t{s}\tslides/{Path(path).name}\t{mpp}"
+        for p, s, path, mpp in good[["patient", "slide", "path", "mpp"]].itertuples(index=False)
+    ]
+    rows.append("PX\tPX_broken\tslides/broken.svs\t")
+    (tmp_path / "samples.tsv").write_text("\n".join(rows) + "\n")
+    config = dict(demo["config"])
+    config.update(
+        samples=str(tmp_path / "samples.tsv"),
+        outdir=str(tmp_path / "results"),
+        logdir=str(tmp_path / "logs"),
+    )
+    configfile = write_config(tmp_path / "config.yaml", config)
+
+    proc = snakemake(tmp_path, "--keep-going", "--configfile", str(configfile))
+
+    assert proc.returncode != 0
+    outdir = tmp_path / "results"
+    for patient, slide in good[["patient", "slide"]].itertuples(index=False):
+        for name in SLIDE_OUTPUTS:
+            assert (outdir / patient / slide / name).is_file(), (slide, name)
+        assert (outdir / patient / f"{patient}.csv").is_file()
+    assert not (outdir / "PX" / "PX_broken" / "level.json").exists()
+    assert not (outdir / "report.html").exists()
+    log = (tmp_path / "logs" / "select_level" / "PX" / "PX_broken.log").read_text()
+    assert "error:" in log
+    assert "broken.svs" in log
