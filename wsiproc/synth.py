@@ -551,7 +551,7 @@ def demo_config(directory: Path) -> dict[str, object]:
         "model": {"path": "builtin:stain", "batch_size": 64, "device": "auto", "precision": "fp32"},
         "loader": {"workers": 1},
         "heatmap": {"mode": "window", "output": None, "colormap": "viridis"},
-        "qc": {"blur_threshold": 15.0, "pen_threshold": 0.05, "min_tissue_percent": 1.0},
+        "qc": {"blur_threshold": 20.0, "pen_threshold": 0.002, "min_tissue_percent": 0.5},
     }
 
 
