@@ -41,7 +41,12 @@ except WorkflowError as exc:
 
 # Every rule gets this as a param, so a new wsiproc release reruns everything it touched
 # instead of leaving results from old code in place.
-WSIPROC_VERSION = importlib.metadata.version("wsiproc")
+try:
+    WSIPROC_VERSION = importlib.metadata.version("wsiproc")
+except importlib.metadata.PackageNotFoundError:
+    raise WorkflowError(
+        "wsiproc is not installed in the Python that runs Snakemake: pip install -e ."
+    ) from None
 
 
 pathvars:
@@ -70,6 +75,8 @@ except WorkflowError as exc:
     where = f", data row {int(row.group(1)) + 1}" if row else ""
     raise WorkflowError(f"sample sheet {SHEET}{where}: {schema_problem(exc)}") from None
 
+if samples.empty:
+    raise WorkflowError(f"sample sheet {SHEET} lists no slides")
 if "mpp" not in samples.columns:
     samples["mpp"] = float("nan")
 
