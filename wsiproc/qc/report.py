@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from .. import __version__
 from ..atomic import atomic_write
 from ..colormap import lookup_table
-from ..errors import InputTableError
+from ..errors import InputTableError, WsiprocError
 from ..heatmap import WindowsMeta, iter_window_chunks, read_meta
 from ..table import read_header
 from . import metrics
@@ -604,9 +604,25 @@ def summary_rows(qc_jsons: Sequence[str | Path], report_dir: str | Path) -> list
         row = {key: record.get(key) for key in SUMMARY_COLUMNS}
         row["flags"] = list(record.get("flags") or [])
         row["qc_html"] = os.path.relpath(qc_html_path(record, path), start=report_dir)
+        row["thumbnail_uri"] = _thumbnail_uri(record.get("thumbnail"), Path(path).parent)
         rows.append(row)
     rows.sort(key=lambda r: (str(r["patient"] or ""), str(r["slide_id"] or "")))
     return rows
+
+
+COHORT_THUMB_PX = 160
+"""Longer side of the thumbnails embedded in the cohort report."""
+
+
+def _thumbnail_uri(recorded: str | None, base: Path) -> str | None:
+    """A small embedded thumbnail for the cohort table, or None if the image is gone."""
+    path = resolve_recorded(recorded, base)
+    if path is None or not path.exists():
+        return None
+    try:
+        return png_data_uri(load_rgb(path), max_px=COHORT_THUMB_PX)
+    except WsiprocError:
+        return None
 
 
 def _tsv_value(value: Any) -> str:
@@ -632,12 +648,19 @@ def render_cohort_html(rows: Sequence[dict[str, Any]]) -> str:
             [[f"<th>{html.escape(f)}</th>", _cell(n)] for f, n in counts.items()],
         ),
     ]
-    header = ["Patient", "Slide", "Level", "mpp", "Windows processed", "Tissue %", "Blur", "Pen"]
+    header = ["Thumbnail", "Patient", "Slide", "Level", "mpp", "Windows processed", "Tissue %"]
+    header += ["Blur", "Pen"]
     header += ["Runtime (s)", "Windows/s", "Flags", "QC"]
     lines = []
     for r in rows:
         link = html.escape(Path(r["qc_html"]).as_posix(), quote=True)
-        cells = [_cell(r[k]) for k in ("patient", "slide_id", "level", "proc_mpp")]
+        thumb = r.get("thumbnail_uri")
+        cells = [
+            f'<td><a href="{link}"><img src="{thumb}" alt="thumbnail"></a></td>'
+            if thumb
+            else "<td></td>"
+        ]
+        cells += [_cell(r[k]) for k in ("patient", "slide_id", "level", "proc_mpp")]
         cells += [_cell(r[k]) for k in ("windows_processed", "tissue_percent", "blur_score")]
         cells += [_cell(r[k]) for k in ("pen_fraction", "runtime_s", "windows_per_s")]
         cells += [f"<td>{_flags_html(r['flags'])}</td>", f'<td><a href="{link}">qc</a></td>']
