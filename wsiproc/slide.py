@@ -133,7 +133,7 @@ class Slide:
         )
 
     def _map_pyvips_pages(self) -> dict[int, Any]:
-        """Level index -> pyvips page image, matched by exact size; empty if any level is missing."""
+        """Level index -> pyvips page, matched by exact size; empty if any level is missing."""
         import pyvips
 
         try:

@@ -11,7 +11,9 @@ import json
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +114,27 @@ def _log(req: InferRequest, text: str) -> None:
         print(f"wsiproc infer: {text}", file=sys.stderr, flush=True)
 
 
+class _TerminateOnSignal:
+    """Turn SIGTERM (Snakemake cancelling, a cluster's time limit) into an orderly exception.
+
+    Only in the main thread, where Python delivers signals; restores the old handler on exit.
+    """
+
+    def __enter__(self) -> _TerminateOnSignal:
+        self.previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise WorkerError("terminated by SIGTERM; finished chunks are checkpointed")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 def run_inference(req: InferRequest) -> InferResult:
     """Run the whole stream for one slide; see the module docstring.
 
@@ -121,6 +144,12 @@ def run_inference(req: InferRequest) -> InferResult:
         Bad slide, parameters or model, a read failure (with the region) or a write failure.
         Finished chunks stay checkpointed, so rerunning the same command continues.
     """
+    with _TerminateOnSignal():
+        return _run_inference(req)
+
+
+def _run_inference(req: InferRequest) -> InferResult:
+    """Body of :func:`run_inference`."""
     _validate(req)
     started = time.monotonic()
     slide_id = req.slide_id or Path(req.slide).stem
@@ -348,7 +377,14 @@ class _Pipeline:
             target=run_writer,
             name="wsiproc-writer",
             daemon=True,
-            args=(str(ckpt.directory), fingerprint, width, self.pieces, self.writer_status),
+            args=(
+                str(ckpt.directory),
+                fingerprint,
+                width,
+                self.pieces,
+                self.writer_status,
+                os.getpid(),
+            ),
         )
         self.writer.start()
         progress = tqdm(

@@ -22,6 +22,21 @@ def _shm_dir() -> str:
     return tempfile.gettempdir()
 
 
+def _remove_stale_pools() -> None:
+    """Delete pool files whose creating process no longer exists (left by SIGKILL)."""
+    for entry in Path(_shm_dir()).glob("wsiproc-*.slots"):
+        try:
+            pid = int(entry.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            entry.unlink(missing_ok=True)
+        except PermissionError:
+            pass
+
+
 class SlotPool:
     """``n_slots`` arrays of shape ``slot_shape`` (uint8) shared between processes.
 
@@ -42,7 +57,8 @@ class SlotPool:
 
     @classmethod
     def create(cls, n_slots: int, slot_shape: tuple[int, ...]) -> SlotPool:
-        """A new pool in shared memory."""
+        """A new pool in shared memory (first removing pools of engines that were killed)."""
+        _remove_stale_pools()
         path = os.path.join(_shm_dir(), f"wsiproc-{os.getpid()}-{uuid.uuid4().hex[:8]}.slots")
         return cls(path, n_slots, slot_shape, create=True)
 

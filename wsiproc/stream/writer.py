@@ -6,6 +6,7 @@ queue. Chunks complete in any order; ordering happens once, when the final CSV i
 
 from __future__ import annotations
 
+import os
 import queue as queue_mod
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,17 @@ from .messages import ProcessedPiece, WriterClose, WriterFailed
 
 
 def run_writer(
-    directory: str, fingerprint: dict[str, Any], width: int, pieces: Any, status: Any
+    directory: str,
+    fingerprint: dict[str, Any],
+    width: int,
+    pieces: Any,
+    status: Any,
+    parent_pid: int,
 ) -> None:
-    """Consume ``pieces`` until ``WriterClose``; report a failure on ``status`` and exit 1."""
+    """Consume ``pieces`` until ``WriterClose``; report a failure on ``status`` and exit 1.
+
+    Exits on its own if the engine process dies (what is committed stays committed).
+    """
     try:
         ckpt = Checkpoint(Path(directory), fingerprint, width)
         partial: dict[int, list[ProcessedPiece]] = {}
@@ -28,6 +37,8 @@ def run_writer(
             try:
                 msg = pieces.get(timeout=1.0)
             except queue_mod.Empty:
+                if os.getppid() != parent_pid:
+                    raise SystemExit(1) from None
                 continue
             if isinstance(msg, WriterClose):
                 break
