@@ -45,8 +45,16 @@ def make_slide(path: Path, width: int, height: int, seed: int) -> Path:
     textured = (big + noise.bandjoin([noise, noise])).cast("uchar")
     textured = textured.crop(0, 0, min(width, textured.width), min(height, textured.height))
     textured.copy(interpretation="srgb").tiffsave(
-        str(path), tile=True, pyramid=True, compression="jpeg", Q=85, tile_width=256,
-        tile_height=256, xres=1000.0 / SLIDE_MPP, yres=1000.0 / SLIDE_MPP, resunit="cm",
+        str(path),
+        tile=True,
+        pyramid=True,
+        compression="jpeg",
+        Q=85,
+        tile_width=256,
+        tile_height=256,
+        xres=1000.0 / SLIDE_MPP,
+        yres=1000.0 / SLIDE_MPP,
+        resunit="cm",
     )
     return path
 
@@ -89,10 +97,32 @@ class TreeRSS:
 def run_engine(slide: Path, out: Path, model: str, *, precision: str = "fp32") -> dict:
     """``wsiproc infer`` as a user runs it; wall time with and without process start-up."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "wsiproc", "infer", str(slide), "--out", str(out),
-           "--kernel-size", str(KERNEL), "--stride", str(KERNEL), "--mpp", str(TARGET_MPP),
-           "--model", model, "--workers", str(WORKERS), "--batch-size", str(BATCH),
-           "--precision", precision, "--threads", str(os.cpu_count() or 1), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wsiproc",
+        "infer",
+        str(slide),
+        "--out",
+        str(out),
+        "--kernel-size",
+        str(KERNEL),
+        "--stride",
+        str(KERNEL),
+        "--mpp",
+        str(TARGET_MPP),
+        "--model",
+        model,
+        "--workers",
+        str(WORKERS),
+        "--batch-size",
+        str(BATCH),
+        "--precision",
+        precision,
+        "--threads",
+        str(os.cpu_count() or 1),
+        "--quiet",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     rss = TreeRSS(proc.pid)
@@ -103,8 +133,14 @@ def run_engine(slide: Path, out: Path, model: str, *, precision: str = "fp32") -
         raise SystemExit(f"engine failed: {err.strip()}")
     meta = json.loads(out.with_suffix(".json").read_text())
     n = meta["windows_processed"]
-    return {"windows": n, "wall_s": wall, "inner_s": meta["elapsed_s"],
-            "wps_wall": n / wall, "wps_inner": n / meta["elapsed_s"], "peak_rss_mb": peak / 2**20}
+    return {
+        "windows": n,
+        "wall_s": wall,
+        "inner_s": meta["elapsed_s"],
+        "wps_wall": n / wall,
+        "wps_inner": n / meta["elapsed_s"],
+        "peak_rss_mb": peak / 2**20,
+    }
 
 
 def _read_worker(args: tuple[str, list[tuple[int, int]], int, int]) -> int:
@@ -124,7 +160,7 @@ def read_limit(slide: Path, csv: Path) -> dict:
 
     df = pd.read_csv(csv, usecols=["x", "y", "level"])
     level = int(df["level"].iloc[0])
-    boxes = list(zip(df["x"].tolist(), df["y"].tolist()))
+    boxes = list(zip(df["x"].tolist(), df["y"].tolist(), strict=True))
     parts = [boxes[i::WORKERS] for i in range(WORKERS)]
     size = KERNEL  # level 1 of a 0.25 µm/px slide is 0.5 µm/px: no resize needed
     with mp.get_context("spawn").Pool(WORKERS) as pool:
@@ -147,16 +183,22 @@ def build_cnn(path: Path) -> Path:
             self.b1 = nn.BatchNorm2d(cout)
             self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
             self.b2 = nn.BatchNorm2d(cout)
-            self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                       nn.BatchNorm2d(cout))
-                         if stride != 1 or cin != cout else nn.Identity())
+            self.skip = (
+                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                if stride != 1 or cin != cout
+                else nn.Identity()
+            )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = torch.relu(self.b1(self.c1(x)))
             return torch.relu(self.b2(self.c2(y)) + self.skip(x))
 
-    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-              nn.MaxPool2d(3, 2, 1)]
+    layers = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+    ]
     cin = 64
     for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
         layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
@@ -165,9 +207,16 @@ def build_cnn(path: Path) -> Path:
     torch.manual_seed(0)
     model = nn.Sequential(*layers).eval()
     torch.jit.script(model).save(str(path))
-    path.with_name(path.name + ".json").write_text(json.dumps(
-        {"mean": [0.7, 0.55, 0.7], "std": [0.15, 0.2, 0.15], "activation": "softmax",
-         "output_names": ["tumor", "normal"]}))
+    path.with_name(path.name + ".json").write_text(
+        json.dumps(
+            {
+                "mean": [0.7, 0.55, 0.7],
+                "std": [0.15, 0.2, 0.15],
+                "activation": "softmax",
+                "output_names": ["tumor", "normal"],
+            }
+        )
+    )
     return path
 
 
@@ -202,17 +251,37 @@ def heatmap_1m(workdir: Path) -> dict:
     with open(csv, "w") as fh:
         fh.write(",".join(header(["p"])) + "\n")
         for r in range(0, rows_n, 100):
-            rr, cc = np.mgrid[r:r + 100, 0:cols_n]
+            rr, cc = np.mgrid[r : r + 100, 0:cols_n]
             rr, cc = rr.ravel(), cc.ravel()
             boxes = np.stack([cc * 224, rr * 224, np.full_like(rr, 224), np.full_like(rr, 224)], 1)
-            fh.write(format_rows("P", "S", rr, cc, boxes, 0, np.ones(len(rr)),
-                                 rng.random((len(rr), 1))))
-    meta = {"grid_rows": rows_n, "grid_cols": cols_n, "kernel_size": 224, "stride": 224,
-            "proc_mpp": 0.5, "scale": 1.0, "outputs": ["p"], "output_names": ["p"],
-            "output_shape": [1], "level": 0, "level_downsample": 1.0}
+            fh.write(
+                format_rows("P", "S", rr, cc, boxes, 0, np.ones(len(rr)), rng.random((len(rr), 1)))
+            )
+    meta = {
+        "grid_rows": rows_n,
+        "grid_cols": cols_n,
+        "kernel_size": 224,
+        "stride": 224,
+        "proc_mpp": 0.5,
+        "scale": 1.0,
+        "outputs": ["p"],
+        "output_names": ["p"],
+        "output_shape": [1],
+        "level": 0,
+        "level_downsample": 1.0,
+    }
     csv.with_suffix(".json").write_text(json.dumps(meta))
-    cmd = [sys.executable, "-m", "wsiproc", "heatmap", str(csv), "--out", str(d / "h.tif"),
-           "--rgb-out", str(d / "h_rgb.tif")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wsiproc",
+        "heatmap",
+        str(csv),
+        "--out",
+        str(d / "h.tif"),
+        "--rgb-out",
+        str(d / "h_rgb.tif"),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     rss = TreeRSS(proc.pid)
@@ -237,17 +306,31 @@ def main() -> int:
     base_w, base_h = (8000, 6000) if args.quick else (20000, 15000)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wsiproc-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                             "platform": platform.platform(), "torch": torch.__version__,
-                             "wsiproc": wsiproc.__version__,
-                             "date": time.strftime("%Y-%m-%d %H:%M:%S")},
-                 "settings": {"kernel": KERNEL, "batch": BATCH, "workers": WORKERS,
-                              "target_mpp": TARGET_MPP, "slide_mpp": SLIDE_MPP}}
+    res: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "wsiproc": wsiproc.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+        "settings": {
+            "kernel": KERNEL,
+            "batch": BATCH,
+            "workers": WORKERS,
+            "target_mpp": TARGET_MPP,
+            "slide_mpp": SLIDE_MPP,
+        },
+    }
     t = time.perf_counter()
     s1 = make_slide(work / "slide_1x.tif", base_w, base_h, seed=1)
     s4 = make_slide(work / "slide_4x.tif", base_w * 2, base_h * 2, seed=1)
-    res["slides"] = {"1x": [base_w, base_h], "4x": [base_w * 2, base_h * 2],
-                     "generate_s": time.perf_counter() - t}
+    res["slides"] = {
+        "1x": [base_w, base_h],
+        "4x": [base_w * 2, base_h * 2],
+        "generate_s": time.perf_counter() - t,
+    }
     print(f"slides generated in {res['slides']['generate_s']:.1f} s", file=sys.stderr)
 
     e_io = run_engine(s1, work / "io" / "windows.csv", "builtin:mean-rgb")
@@ -264,42 +347,59 @@ def main() -> int:
         clbf, e_bf = {"error": str(exc)}, None
     hm = heatmap_1m(work)
 
-    res.update({
-        "read_limit_wps": rl["wps"],
-        "engine_io_wps": e_io["wps_inner"],
-        "engine_io_wps_wall": e_io["wps_wall"],
-        "compute_limit_wps": cl32["wps"],
-        "engine_cnn_wps": e_cnn["wps_inner"],
-        "engine_cnn_wps_wall": e_cnn["wps_wall"],
-        "compute_limit_bf16_wps": clbf.get("wps"),
-        "engine_cnn_bf16_wps": e_bf["wps_inner"] if e_bf else None,
-        "engine_vs_read_limit": e_io["wps_inner"] / rl["wps"],
-        "engine_vs_read_limit_wall": e_io["wps_wall"] / rl["wps"],
-        "engine_vs_compute_limit": e_cnn["wps_inner"] / cl32["wps"],
-        "engine_vs_compute_limit_wall": e_cnn["wps_wall"] / cl32["wps"],
-        "engine_bf16_vs_bf16_limit": (e_bf["wps_inner"] / clbf["wps"]) if e_bf else None,
-        "rss_growth_4x": e_io4["peak_rss_mb"] / e_io["peak_rss_mb"],
-        "peak_rss_mb": max(e_cnn["peak_rss_mb"], e_io4["peak_rss_mb"]),
-        "peak_rss_cnn_mb": e_cnn["peak_rss_mb"],
-        "heatmap_1m_seconds": hm["seconds"],
-        "heatmap_1m_peak_rss_mb": hm["peak_rss_mb"],
-        "runs": {"engine_io": e_io, "engine_io_4x": e_io4, "read_limit": rl,
-                 "compute_limit_fp32": cl32, "compute_limit_bf16": clbf, "engine_cnn": e_cnn,
-                 "engine_cnn_bf16": e_bf, "engine_cnn_4x": cnn4, "heatmap_1m": hm},
-    })
+    res.update(
+        {
+            "read_limit_wps": rl["wps"],
+            "engine_io_wps": e_io["wps_inner"],
+            "engine_io_wps_wall": e_io["wps_wall"],
+            "compute_limit_wps": cl32["wps"],
+            "engine_cnn_wps": e_cnn["wps_inner"],
+            "engine_cnn_wps_wall": e_cnn["wps_wall"],
+            "compute_limit_bf16_wps": clbf.get("wps"),
+            "engine_cnn_bf16_wps": e_bf["wps_inner"] if e_bf else None,
+            "engine_vs_read_limit": e_io["wps_inner"] / rl["wps"],
+            "engine_vs_read_limit_wall": e_io["wps_wall"] / rl["wps"],
+            "engine_vs_compute_limit": e_cnn["wps_inner"] / cl32["wps"],
+            "engine_vs_compute_limit_wall": e_cnn["wps_wall"] / cl32["wps"],
+            "engine_bf16_vs_bf16_limit": (e_bf["wps_inner"] / clbf["wps"]) if e_bf else None,
+            "rss_growth_4x": e_io4["peak_rss_mb"] / e_io["peak_rss_mb"],
+            "peak_rss_mb": max(e_cnn["peak_rss_mb"], e_io4["peak_rss_mb"]),
+            "peak_rss_cnn_mb": e_cnn["peak_rss_mb"],
+            "heatmap_1m_seconds": hm["seconds"],
+            "heatmap_1m_peak_rss_mb": hm["peak_rss_mb"],
+            "runs": {
+                "engine_io": e_io,
+                "engine_io_4x": e_io4,
+                "read_limit": rl,
+                "compute_limit_fp32": cl32,
+                "compute_limit_bf16": clbf,
+                "engine_cnn": e_cnn,
+                "engine_cnn_bf16": e_bf,
+                "engine_cnn_4x": cnn4,
+                "heatmap_1m": hm,
+            },
+        }
+    )
     lines = [
         ("read limit (OpenSlide per window, 2 procs)", f"{rl['wps']:.0f} win/s"),
-        ("engine, builtin:mean-rgb", f"{e_io['wps_inner']:.0f} win/s "
-         f"({e_io['wps_wall']:.0f} incl. start-up)"),
+        (
+            "engine, builtin:mean-rgb",
+            f"{e_io['wps_inner']:.0f} win/s ({e_io['wps_wall']:.0f} incl. start-up)",
+        ),
         ("  engine / read limit", f"{res['engine_vs_read_limit']:.2f}x"),
         ("compute limit fp32 (frozen, channels_last)", f"{cl32['wps']:.1f} win/s"),
-        ("engine, CNN fp32", f"{e_cnn['wps_inner']:.1f} win/s "
-         f"({e_cnn['wps_wall']:.1f} incl. start-up)"),
+        (
+            "engine, CNN fp32",
+            f"{e_cnn['wps_inner']:.1f} win/s ({e_cnn['wps_wall']:.1f} incl. start-up)",
+        ),
         ("  engine / compute limit", f"{res['engine_vs_compute_limit']:.2f}x"),
         ("compute limit bf16", f"{clbf.get('wps', float('nan')):.1f} win/s"),
         ("engine, CNN bf16", f"{e_bf['wps_inner']:.1f} win/s" if e_bf else "n/a"),
-        ("peak RSS 1x / 4x (mean-rgb)", f"{e_io['peak_rss_mb']:.0f} / "
-         f"{e_io4['peak_rss_mb']:.0f} MB (x{res['rss_growth_4x']:.2f})"),
+        (
+            "peak RSS 1x / 4x (mean-rgb)",
+            f"{e_io['peak_rss_mb']:.0f} / "
+            f"{e_io4['peak_rss_mb']:.0f} MB (x{res['rss_growth_4x']:.2f})",
+        ),
         ("peak RSS, CNN run", f"{e_cnn['peak_rss_mb']:.0f} MB"),
         ("heatmap from 1M windows", f"{hm['seconds']:.1f} s, {hm['peak_rss_mb']:.0f} MB"),
     ]

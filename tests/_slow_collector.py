@@ -49,7 +49,7 @@ class StopEarly(StreamCollector):
         type(self).processed = []
 
     def process_piece(self, piece: StreamPiece) -> np.ndarray:
-        type(self).processed.extend(zip(piece.rows.tolist(), piece.cols.tolist()))
+        type(self).processed.extend(zip(piece.rows.tolist(), piece.cols.tolist(), strict=True))
         return mean_rgb(piece.pixels)[:, :2]
 
     def is_finished(self) -> bool:

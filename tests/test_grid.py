@@ -7,6 +7,8 @@ emitted a near-duplicate last column and never read the last pixel row.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -129,8 +131,9 @@ def test_pad_border_covers_last_pixel_row(size, kernel, stride):
     chunk_px=st.integers(min_value=1, max_value=2500),
 )
 @settings(max_examples=150, deadline=None)
-def test_plan_chunks_covers_every_cell_exactly_once(width, height, kernel, stride, border,
-                                                     chunk_px):
+def test_plan_chunks_covers_every_cell_exactly_once(
+    width, height, kernel, stride, border, chunk_px
+):
     grid = Grid(width, height, kernel, stride, border, 1.0)
     chunks = plan_chunks(grid, chunk_px)
     assert [c.index for c in chunks] == list(range(len(chunks)))
@@ -175,9 +178,12 @@ def test_l0_boxes_round_exact_products_without_drift(cols, stride, kernel, scale
     rows_a = cols_a[::-1].copy()
     boxes = grid.l0_boxes(rows_a, cols_a)
     assert boxes.dtype == np.int64 and boxes.shape == (len(cols), 4)
-    for (x, y, w, h), r, c in zip(boxes.tolist(), rows_a.tolist(), cols_a.tolist()):
+    for (x, y, w, h), r, c in zip(boxes.tolist(), rows_a.tolist(), cols_a.tolist(), strict=True):
         assert x == round((c * stride) * scale)
         assert y == round((r * stride) * scale)
+        exact = Fraction(c * stride) * Fraction(scale)
+        if Fraction((c * stride) * scale) == exact:  # the double product is exact
+            assert x == round(exact)
         assert w == h == round(kernel * scale)
         # No drift: within half a level-0 pixel of the exact position however far the column.
         assert abs(x - c * stride * scale) <= 0.5 + 1e-9 * max(1.0, c * stride * scale)
@@ -211,8 +217,15 @@ def test_windows_step_by_stride_not_kernel():
     ],
 )
 def test_grid_rejects_bad_parameters(kwargs, key):
-    params = {"proc_width": 100, "proc_height": 100, "kernel_px": 10, "stride_px": 10,
-              "border": "valid", "scale": 1.0, **kwargs}
+    params = {
+        "proc_width": 100,
+        "proc_height": 100,
+        "kernel_px": 10,
+        "stride_px": 10,
+        "border": "valid",
+        "scale": 1.0,
+        **kwargs,
+    }
     with pytest.raises(ConfigError) as err:
         Grid(**params)
     assert err.value.key == key

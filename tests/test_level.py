@@ -35,8 +35,19 @@ def make_info(
     downsamples: tuple[float, ...] = (1.0, 4.0, 16.0),
 ) -> SlideInfo:
     """Metadata of an imaginary 40x Aperio slide (levels 1, 4, 16)."""
-    return SlideInfo("imaginary.svs", "aperio", dims[0][0], dims[0][1], len(dims), dims,
-                     downsamples, mpp, mpp, objective, "pyvips")
+    return SlideInfo(
+        "imaginary.svs",
+        "aperio",
+        dims[0][0],
+        dims[0][1],
+        len(dims),
+        dims,
+        downsamples,
+        mpp,
+        mpp,
+        objective,
+        "pyvips",
+    )
 
 
 def test_fixed_level_is_read_as_is():
@@ -94,8 +105,9 @@ def test_mpp_picks_coarsest_level_not_coarser_than_target(mpp, level, resize):
     ],
 )
 def test_magnification_uses_objective_power_or_mpp(magnification, objective, mpp, level, scale):
-    plan = select_level(make_info(mpp=mpp, objective=objective),
-                        LevelSpec(magnification=magnification))
+    plan = select_level(
+        make_info(mpp=mpp, objective=objective), LevelSpec(magnification=magnification)
+    )
     assert plan.level == level
     assert plan.scale == pytest.approx(scale)
 
@@ -255,15 +267,48 @@ def test_20x_and_40x_same_magnification(svs_slide_20x, svs_slide_40x):
 def test_level_command_writes_level_json(tiff_slide, tmp_path):
     out = tmp_path / "level.json"
     thumb, mask = tmp_path / "thumb.png", tmp_path / "mask.png"
-    rc = main(["level", str(tiff_slide), "--out", str(out), "--mpp", "1.0",
-               "--thumbnail", str(thumb), "--mask", str(mask)])
+    rc = main(
+        [
+            "level",
+            str(tiff_slide),
+            "--out",
+            str(out),
+            "--mpp",
+            "1.0",
+            "--thumbnail",
+            str(thumb),
+            "--mask",
+            str(mask),
+        ]
+    )
     assert rc == 0
     record = json.loads(out.read_text())
-    for key in ("path", "vendor", "width", "height", "level_count", "level_dimensions",
-                "level_downsamples", "mpp_x", "mpp_y", "objective_power", "reader", "spec",
-                "mpp_source", "level", "level_downsample", "scale", "proc_mpp",
-                "resize_factor", "proc_width", "proc_height", "thumbnail", "mask",
-                "thumbnail_scale", "tissue_percent"):
+    for key in (
+        "path",
+        "vendor",
+        "width",
+        "height",
+        "level_count",
+        "level_dimensions",
+        "level_downsamples",
+        "mpp_x",
+        "mpp_y",
+        "objective_power",
+        "reader",
+        "spec",
+        "mpp_source",
+        "level",
+        "level_downsample",
+        "scale",
+        "proc_mpp",
+        "resize_factor",
+        "proc_width",
+        "proc_height",
+        "thumbnail",
+        "mask",
+        "thumbnail_scale",
+        "tissue_percent",
+    ):
         assert key in record, key
     assert record["spec"] == {"mpp": 1.0}
     # Level 1 (downsample 1531/765) is within the snap tolerance of 2: read as is.
@@ -280,8 +325,12 @@ def test_level_command_missing_mpp_is_one_error_line(nompp_slide, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and str(nompp_slide) in err[0]
     assert not out.exists()
-    assert main(["level", str(nompp_slide), "--out", str(out), "--mpp", "0.5",
-                 "--fallback-mpp", "0.25"]) == 0
+    assert (
+        main(
+            ["level", str(nompp_slide), "--out", str(out), "--mpp", "0.5", "--fallback-mpp", "0.25"]
+        )
+        == 0
+    )
     record = json.loads(out.read_text())
     assert record["mpp_source"] == "fallback"
     assert record["proc_mpp"] == pytest.approx(0.5, rel=SNAP_TOLERANCE)

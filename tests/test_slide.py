@@ -93,7 +93,9 @@ def test_readers_give_identical_pixels(request, fixture):
             box = (level, -13, -7, w + 29, h + 23)
             a, b = osr.read_region_rgb(*box), vips.read_region_rgb(*box)
             assert a.shape == b.shape == (h + 23, w + 29, 3) and a.dtype == np.uint8
-            assert np.array_equal(a, b), f"level {level}: max diff {np.abs(a - b.astype(int)).max()}"
+            assert np.array_equal(a, b), (
+                f"level {level}: max diff {np.abs(a - b.astype(int)).max()}"
+            )
         w, h = osr.info.level_dimensions[0]
         for _ in range(12):
             x, y = int(rng.integers(-40, w)), int(rng.integers(-40, h))

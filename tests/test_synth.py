@@ -360,9 +360,9 @@ def test_demo_config_loads_with_absolute_paths(demo_dir: Path) -> None:
     assert config["model"]["path"] == "builtin:stain"
     assert config["heatmap"]["output"] is None
     assert config["qc"] == {
-        "blur_threshold": 15.0,
-        "pen_threshold": 0.05,
-        "min_tissue_percent": 1.0,
+        "blur_threshold": 20.0,
+        "pen_threshold": 0.002,
+        "min_tissue_percent": 0.5,
     }
 
 

@@ -397,6 +397,7 @@ class _Pipeline:
         )
         try:
             running = self.workers
+            stopped_early = False
             while running:
                 msg = self._get_ready()
                 if isinstance(msg, LoaderDone):
@@ -425,8 +426,9 @@ class _Pipeline:
                 )
                 progress.update(n)
                 if collector.is_finished():
+                    stopped_early = True
                     break
-            self._put_piece(WriterClose())
+            self._put_piece(WriterClose(keep_partial=stopped_early))
             self.writer.join()
             self._raise_writer_failure()
             if self.writer.exitcode != 0:

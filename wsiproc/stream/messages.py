@@ -65,7 +65,13 @@ class ProcessedPiece:
 
 @dataclass(frozen=True)
 class WriterClose:
-    """No more pieces: flush and exit."""
+    """No more pieces: flush and exit.
+
+    ``keep_partial``: also commit chunks only partly processed (the collector stopped early);
+    never set after an error, so a resumed run re-reads such chunks whole.
+    """
+
+    keep_partial: bool = False
 
 
 @dataclass(frozen=True)

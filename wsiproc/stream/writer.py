@@ -41,17 +41,14 @@ def run_writer(
                     raise SystemExit(1) from None
                 continue
             if isinstance(msg, WriterClose):
+                if msg.keep_partial:
+                    for index in sorted(partial):
+                        _commit(ckpt, index, partial[index])
                 break
             got = partial.setdefault(msg.chunk_index, [])
             got.append(msg)
             if len(got) == msg.n_batches:
-                got.sort(key=lambda p: p.batch_index)
-                ckpt.append(
-                    msg.chunk_index,
-                    np.concatenate([p.rows for p in got]),
-                    np.concatenate([p.cols for p in got]),
-                    np.concatenate([p.values for p in got]),
-                )
+                _commit(ckpt, msg.chunk_index, got)
                 del partial[msg.chunk_index]
     except OutputError as exc:
         status.put(WriterFailed(str(exc), exc.path))
@@ -61,3 +58,14 @@ def run_writer(
             WriterFailed(f"{directory}: writer failed: {type(exc).__name__}: {exc}", directory)
         )
         raise SystemExit(1) from None
+
+
+def _commit(ckpt: Checkpoint, chunk: int, pieces: list[ProcessedPiece]) -> None:
+    """Checkpoint one chunk's pieces in batch order."""
+    pieces = sorted(pieces, key=lambda p: p.batch_index)
+    ckpt.append(
+        chunk,
+        np.concatenate([p.rows for p in pieces]),
+        np.concatenate([p.cols for p in pieces]),
+        np.concatenate([p.values for p in pieces]),
+    )
