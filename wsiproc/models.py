@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -181,13 +182,17 @@ class TorchScriptModel:
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         try:
-            module = torch.jit.load(str(path), map_location=self.device)
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=self.device)
         except Exception as exc:  # noqa: BLE001 - any load failure is a model error
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(self.source, f"not a loadable TorchScript model: {msg}") from exc
         module.eval()
         try:
-            module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
         except Exception:  # noqa: BLE001 - freezing is an optimisation; fall back to the module
             pass
         self.module = module

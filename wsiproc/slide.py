@@ -197,7 +197,7 @@ class Slide:
             else:
                 inner = self._read_openslide(level, x0, y0, x1 - x0, y1 - y0)
         except Exception as exc:  # noqa: BLE001 - translated: every reader error is a read error
-            problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            problem = _one_line(exc)
             region = (level, x0, y0, x1 - x0, y1 - y0)
             try:
                 self.close()
@@ -248,6 +248,13 @@ class Slide:
             region = (-1, 0, 0, self.info.width, self.info.height)
             raise SlideReadError(self.path, region, f"thumbnail: {exc}") from exc
         return np.asarray(pil.convert("RGB"))
+
+
+def _one_line(exc: BaseException) -> str:
+    """A decoder's error as one line: libvips puts the cause after a generic first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if ln != "unable to write to memory"]
+    return "; ".join(lines[:3]) if lines else type(exc).__name__
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:

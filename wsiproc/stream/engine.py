@@ -405,7 +405,7 @@ class _Pipeline:
                     continue
                 if isinstance(msg, LoaderFailed):
                     if msg.kind == "read" and msg.region is not None:
-                        raise SlideReadError(msg.path, msg.region, msg.message.rsplit(": ", 1)[-1])
+                        raise SlideReadError(msg.path, msg.region, msg.problem)
                     raise WorkerError(msg.message)
                 n = len(msg.rows)
                 piece = StreamPiece(
@@ -445,6 +445,11 @@ class _Pipeline:
             for _ in range(self.workers):
                 self.tasks.put(None)
             self.sentinels_sent = True
+        if self.writer is not None and self.writer.is_alive():
+            try:  # after an error: let the writer exit now (complete chunks are committed)
+                self.pieces.put(WriterClose(), timeout=1.0)
+            except queue_mod.Full:
+                pass
         procs = [p for p in [*self.procs, self.writer] if p is not None]
         for p in procs:
             p.join(timeout=0.5 if p is not self.writer else 5)

@@ -102,7 +102,7 @@ def run_loader(worker: int, job: LoaderJob, tasks: Any, free_slots: Any, ready: 
                 )
         ready.put(LoaderDone(worker))
     except SlideReadError as exc:
-        ready.put(LoaderFailed(worker, str(exc), "read", exc.path, exc.region))
+        ready.put(LoaderFailed(worker, str(exc), "read", exc.path, exc.region, exc.problem))
     except WsiprocError as exc:
         ready.put(LoaderFailed(worker, str(exc), "other", job.slide_path))
     except Exception as exc:  # noqa: BLE001 - worker top level: report, never hang the engine

@@ -49,6 +49,7 @@ class LoaderFailed:
     kind: str
     path: str
     region: tuple[int, int, int, int, int] | None = None
+    problem: str = ""
 
 
 @dataclass(frozen=True)
