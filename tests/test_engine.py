@@ -755,3 +755,37 @@ def test_collector_that_stops_early_keeps_every_processed_window(make_slide, tmp
     assert not lost, f"{len(lost)} of {len(processed)} processed windows not written: {lost}"
     assert written == processed
     assert read_meta(out)["windows_processed"] == len(processed)
+
+
+def test_torch_export_program_gives_the_same_outputs_as_torchscript(make_slide, tmp_path):
+    """A ``.pt2`` program (torch.export, TorchScript's successor) runs like the TorchScript file."""
+    torch = pytest.importorskip("torch")
+    slide = make_slide(401, 337)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 5, stride=4)
+
+        def forward(self, x):
+            return self.conv(x).mean(dim=(2, 3))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    example = torch.rand(4, 3, 48, 48)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+    pt2 = tmp_path / "net.pt2"
+    torch.export.save(program, str(pt2))
+    ts = tmp_path / "net.pt"
+    torch.jit.trace(net, example).save(str(ts))
+    outs = {}
+    for path in (pt2, ts):
+        out = tmp_path / f"{path.suffix[1:]}.csv"
+        assert infer(slide, out, 48, 48, "--model", str(path), "--min-tissue", "0") == 0
+        outs[path.suffix] = read_table(out)[1]
+    assert len(outs[".pt2"]) == len(outs[".pt"]) > 0
+    for a, b in zip(outs[".pt2"], outs[".pt"], strict=True):
+        assert (a["row"], a["col"]) == (b["row"], b["col"])
+        assert float(a["out_0"]) == pytest.approx(float(b["out_0"]), abs=1e-4)
+        assert float(a["out_1"]) == pytest.approx(float(b["out_1"]), abs=1e-4)

@@ -17,15 +17,15 @@ from ..errors import WsiprocError
 STAGES = ("info", "level", "infer", "patient_csv", "heatmap", "qc", "report", "demo")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every stage's subparser."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with every stage's subparser (or just ``only``'s, to start fast)."""
     parser = argparse.ArgumentParser(
         prog="wsiproc",
         description="Whole-slide images to per-window model outputs, heatmaps and QC.",
     )
     parser.add_argument("--version", action="version", version=f"wsiproc {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for stage in STAGES:
+    for stage in STAGES if only is None else (only,):
         module = importlib.import_module(f"{__name__}.{stage}")
         module.add_parser(sub)
     return parser
@@ -33,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; return the process exit code (0 on success)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Importing one stage's module, not all eight, saves most of a second per job.
+    first = argv[0] if argv else None
+    parser = build_parser(first if first in STAGES else None)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

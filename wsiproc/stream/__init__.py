@@ -1,17 +1,29 @@
 """The streaming engine: loader processes -> collector (model) -> writer process.
 
-Re-exports the extension point and the entry point.
+Re-exports the extension point and the entry point, lazily: loader and writer processes
+import only their own modules, so they start fast.
 """
 
-from .collector import ModelCollector, StreamCollector, StreamInfo, StreamPiece
-from .engine import InferRequest, InferResult, run_inference
+from __future__ import annotations
 
-__all__ = [
-    "InferRequest",
-    "InferResult",
-    "ModelCollector",
-    "StreamPiece",
-    "StreamCollector",
-    "StreamInfo",
-    "run_inference",
-]
+from typing import Any
+
+_EXPORTS = {
+    "StreamCollector": "collector",
+    "StreamInfo": "collector",
+    "StreamPiece": "collector",
+    "ModelCollector": "collector",
+    "InferRequest": "engine",
+    "InferResult": "engine",
+    "run_inference": "engine",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -80,8 +80,17 @@ def run_loader(worker: int, job: LoaderJob, tasks: Any, free_slots: Any, ready: 
             if task is None:
                 break
             chunk = task.chunk
-            pixels = read_chunk(slide, job.plan, job.grid, chunk)
             local_r, local_c = np.nonzero(task.keep)
+            # Read only the bounding box of the kept windows (edge-of-tissue chunks shrink).
+            r0, c0 = int(local_r.min()), int(local_c.min())
+            box = Chunk(
+                chunk.index,
+                chunk.row0 + r0,
+                chunk.col0 + c0,
+                int(local_r.max()) - r0 + 1,
+                int(local_c.max()) - c0 + 1,
+            )
+            pixels = read_chunk(slide, job.plan, job.grid, box)
             n = len(local_r)
             n_batches = math.ceil(n / job.batch_size)
             for b in range(n_batches):
@@ -89,7 +98,8 @@ def run_loader(worker: int, job: LoaderJob, tasks: Any, free_slots: Any, ready: 
                 slot = _get(free_slots, job.parent_pid)
                 out = pool.view(slot)
                 for j, (lr, lc) in enumerate(zip(local_r[sel], local_c[sel], strict=True)):
-                    out[j] = pixels[lr * s : lr * s + k, lc * s : lc * s + k]
+                    y, x = (lr - r0) * s, (lc - c0) * s
+                    out[j] = pixels[y : y + k, x : x + k]
                 ready.put(
                     WindowBatch(
                         chunk_index=chunk.index,
