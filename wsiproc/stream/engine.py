@@ -24,7 +24,7 @@ import numpy as np
 from .. import __version__
 from ..atomic import atomic_write
 from ..errors import ConfigError, SlideReadError, WorkerError, WsiprocError
-from ..grid import Grid, plan_chunks
+from ..grid import Chunk, Grid, plan_chunks
 from ..level import LevelPlan, LevelSpec, select_level
 from ..slide import Slide
 from ..table import format_rows, header
@@ -32,7 +32,7 @@ from ..tissue import tissue_mask, window_tissue_fractions
 from .checkpoint import Checkpoint
 from .collector import ModelCollector, StreamCollector, StreamInfo, StreamPiece, make_collector
 from .loader import LoaderJob, run_loader
-from .messages import ChunkTask, LoaderDone, LoaderFailed, ProcessedPiece, WriterClose
+from .messages import ChunkTask, GroupTask, LoaderDone, LoaderFailed, ProcessedPiece, WriterClose
 from .shm import SlotPool
 from .writer import run_writer
 
@@ -40,6 +40,10 @@ THUMBNAIL_PX = 1024
 """Longer side of the thumbnail tissue is detected on."""
 
 WINDOWS_FORMAT = "wsiproc-windows/1"
+
+GROUP_BATCHES = 4
+"""Full batches per group (the unit of batching and checkpointing): few partial batches,
+yet fine-grained enough to balance loaders and lose little work on a kill."""
 
 
 @dataclass
@@ -198,25 +202,16 @@ def _run_inference(req: InferRequest) -> InferResult:
                 "slide_id": slide_id,
             }
             ckpt = Checkpoint(partial_dir(req.out), fingerprint, width)
-            todo = []
-            resumed = 0
-            for chunk in chunks:
-                sub = keep[
-                    chunk.row0 : chunk.row0 + chunk.n_rows, chunk.col0 : chunk.col0 + chunk.n_cols
-                ]
-                n_keep = int(sub.sum())
-                if n_keep == 0:
-                    continue
-                if chunk.index in ckpt.done:
-                    resumed += n_keep
-                    continue
-                todo.append(ChunkTask(chunk, np.ascontiguousarray(sub)))
+            groups = plan_groups(chunks, keep, req.batch_size)
+            todo = [g for g in groups if g.index not in ckpt.done]
+            resumed = sum(g.n_windows for g in groups if g.index in ckpt.done)
             n_keep_total = int(keep.sum())
+            n_chunks_todo = sum(len(g.chunks) for g in todo)
             _log(
                 req,
                 f"{req.slide}: level {plan.level} (x{plan.level_downsample:g}), "
                 f"scale {plan.scale:.4g}, grid {rows}x{cols}, {n_keep_total} windows "
-                f"with tissue >= {req.min_tissue}, {len(todo)} chunks to read"
+                f"with tissue >= {req.min_tissue}, {n_chunks_todo} chunks to read"
                 + (f", resuming after {resumed} windows" if resumed else ""),
             )
             t_stream = time.monotonic()
@@ -241,7 +236,7 @@ def _run_inference(req: InferRequest) -> InferResult:
             if pipeline is not None:
                 pipeline.close()
     t_assemble = time.monotonic()
-    processed = _assemble(req, grid, plan, ckpt, tissue, names, slide_id)
+    processed = _assemble(req, grid, plan, ckpt, tissue, names, slide_id, groups)
     elapsed = time.monotonic() - started
     stream_s = t_assemble - t_stream
     meta = {
@@ -354,7 +349,7 @@ class _Pipeline:
 
     def run(
         self,
-        todo: list[ChunkTask],
+        todo: list[GroupTask],
         collector: StreamCollector,
         ckpt: Checkpoint,
         fingerprint: dict[str, Any],
@@ -510,37 +505,74 @@ def _assemble(
     tissue: np.ndarray,
     names: list[str],
     slide_id: str,
+    groups: list[GroupTask],
 ) -> int:
-    """Write the final CSV from the checkpointed chunks, band by band, sorted by (row, col).
+    """Write the final CSV from the checkpointed groups, sorted by (row, col).
 
-    Memory holds one band of chunks (a strip of chunk height across the slide) at a time.
+    Groups are in row-major chunk order, so once a group starting at window row R is loaded,
+    every row above R is complete and is written out: memory holds about one band of chunks.
     """
-    chunks = plan_chunks(grid, req.chunk_px)
-    bands: dict[int, list[int]] = {}
-    for chunk in chunks:
-        if chunk.index in ckpt.done:
-            bands.setdefault(chunk.row0, []).append(chunk.index)
     n = 0
+    buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def flush(fh: Any, below_row: int | None) -> None:
+        nonlocal n, buffer
+        if not buffer:
+            return
+        rows = np.concatenate([p[0] for p in buffer]).astype(np.int64)
+        cols = np.concatenate([p[1] for p in buffer]).astype(np.int64)
+        values = np.concatenate([p[2] for p in buffer])
+        ready = np.ones(len(rows), dtype=bool) if below_row is None else rows < below_row
+        keep_back = ~ready
+        buffer = [(rows[keep_back], cols[keep_back], values[keep_back])] if keep_back.any() else []
+        rows, cols, values = rows[ready], cols[ready], values[ready]
+        order = np.lexsort((cols, rows))
+        rows, cols, values = rows[order], cols[order], values[order]
+        fh.write(
+            format_rows(
+                req.patient,
+                slide_id,
+                rows,
+                cols,
+                grid.l0_boxes(rows, cols),
+                plan.level,
+                tissue[rows, cols],
+                values,
+            )
+        )
+        n += len(rows)
+
     with atomic_write(req.out) as fh:
         fh.write(",".join(header(names)) + "\n")
-        for row0 in sorted(bands):
-            parts = [ckpt.read(i) for i in bands[row0]]
-            rows = np.concatenate([p[0] for p in parts]).astype(np.int64)
-            cols = np.concatenate([p[1] for p in parts]).astype(np.int64)
-            values = np.concatenate([p[2] for p in parts])
-            order = np.lexsort((cols, rows))
-            rows, cols, values = rows[order], cols[order], values[order]
-            fh.write(
-                format_rows(
-                    req.patient,
-                    slide_id,
-                    rows,
-                    cols,
-                    grid.l0_boxes(rows, cols),
-                    plan.level,
-                    tissue[rows, cols],
-                    values,
-                )
-            )
-            n += len(rows)
+        for group in groups:
+            if group.index not in ckpt.done:
+                continue  # a collector that stopped early left it out
+            flush(fh, group.chunks[0].chunk.row0)
+            buffer.append(ckpt.read(group.index))
+        flush(fh, None)
     return n
+
+
+def plan_groups(chunks: list[Chunk], keep: np.ndarray, batch_size: int) -> list[GroupTask]:
+    """Consecutive chunks with tissue, grouped until each holds ``GROUP_BATCHES`` batches.
+
+    Depends only on the keep mask and parameters, never on workers or on a resume, so batch
+    composition (and thus every output bit) is reproducible.
+    """
+    target = GROUP_BATCHES * batch_size
+    groups: list[GroupTask] = []
+    current: list[ChunkTask] = []
+    count = 0
+    for chunk in chunks:
+        sub = keep[chunk.row0 : chunk.row0 + chunk.n_rows, chunk.col0 : chunk.col0 + chunk.n_cols]
+        n_keep = int(sub.sum())
+        if n_keep == 0:
+            continue
+        current.append(ChunkTask(chunk, np.ascontiguousarray(sub)))
+        count += n_keep
+        if count >= target:
+            groups.append(GroupTask(len(groups), tuple(current), count))
+            current, count = [], 0
+    if current:
+        groups.append(GroupTask(len(groups), tuple(current), count))
+    return groups

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import SlideReadError, WsiprocError
 from ..grid import Chunk, Grid
 from ..level import LevelPlan
-from .messages import ChunkTask, LoaderDone, LoaderFailed, WindowBatch
+from .messages import GroupTask, LoaderDone, LoaderFailed, WindowBatch
 from .shm import SlotPool
 
 
@@ -64,6 +64,52 @@ def _get(q: Any, parent_pid: int) -> Any:
                 raise SystemExit(1) from None
 
 
+class _BatchFiller:
+    """Fills shared-memory slots window by window and sends each full (or last) batch."""
+
+    def __init__(
+        self,
+        job: LoaderJob,
+        pool: SlotPool,
+        free_slots: Any,
+        ready: Any,
+        group: int,
+        n_batches: int,
+    ) -> None:
+        self.job, self.pool, self.free_slots, self.ready = job, pool, free_slots, ready
+        self.group, self.n_batches = group, n_batches
+        self.batch_index = 0
+        self.slot: int | None = None
+        self.rows: list[int] = []
+        self.cols: list[int] = []
+
+    def add(self, window: np.ndarray, row: int, col: int) -> None:
+        if self.slot is None:
+            self.slot = _get(self.free_slots, self.job.parent_pid)
+        self.pool.view(self.slot)[len(self.rows)] = window
+        self.rows.append(row)
+        self.cols.append(col)
+        if len(self.rows) == self.job.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.slot is None:
+            return
+        self.ready.put(
+            WindowBatch(
+                chunk_index=self.group,
+                batch_index=self.batch_index,
+                n_batches=self.n_batches,
+                slot=self.slot,
+                rows=np.asarray(self.rows, dtype=np.int32),
+                cols=np.asarray(self.cols, dtype=np.int32),
+            )
+        )
+        self.batch_index += 1
+        self.slot = None
+        self.rows, self.cols = [], []
+
+
 def run_loader(worker: int, job: LoaderJob, tasks: Any, free_slots: Any, ready: Any) -> None:
     """Loader process body: tasks in, filled slots out, then ``LoaderDone``."""
     os.environ.setdefault("VIPS_CONCURRENCY", "1")
@@ -76,40 +122,28 @@ def run_loader(worker: int, job: LoaderJob, tasks: Any, free_slots: Any, ready: 
         slide = Slide(job.slide_path, reader=job.reader)
         k, s = job.grid.kernel_px, job.grid.stride_px
         while True:
-            task: ChunkTask | None = _get(tasks, job.parent_pid)
-            if task is None:
+            group: GroupTask | None = _get(tasks, job.parent_pid)
+            if group is None:
                 break
-            chunk = task.chunk
-            local_r, local_c = np.nonzero(task.keep)
-            # Read only the bounding box of the kept windows (edge-of-tissue chunks shrink).
-            r0, c0 = int(local_r.min()), int(local_c.min())
-            box = Chunk(
-                chunk.index,
-                chunk.row0 + r0,
-                chunk.col0 + c0,
-                int(local_r.max()) - r0 + 1,
-                int(local_c.max()) - c0 + 1,
-            )
-            pixels = read_chunk(slide, job.plan, job.grid, box)
-            n = len(local_r)
-            n_batches = math.ceil(n / job.batch_size)
-            for b in range(n_batches):
-                sel = slice(b * job.batch_size, min(n, (b + 1) * job.batch_size))
-                slot = _get(free_slots, job.parent_pid)
-                out = pool.view(slot)
-                for j, (lr, lc) in enumerate(zip(local_r[sel], local_c[sel], strict=True)):
-                    y, x = (lr - r0) * s, (lc - c0) * s
-                    out[j] = pixels[y : y + k, x : x + k]
-                ready.put(
-                    WindowBatch(
-                        chunk_index=chunk.index,
-                        batch_index=b,
-                        n_batches=n_batches,
-                        slot=slot,
-                        rows=(local_r[sel] + chunk.row0).astype(np.int32),
-                        cols=(local_c[sel] + chunk.col0).astype(np.int32),
-                    )
+            n_batches = math.ceil(group.n_windows / job.batch_size)
+            batch = _BatchFiller(job, pool, free_slots, ready, group.index, n_batches)
+            for task in group.chunks:
+                chunk = task.chunk
+                local_r, local_c = np.nonzero(task.keep)
+                # Read only the bounding box of the kept windows (edge-of-tissue chunks shrink).
+                r0, c0 = int(local_r.min()), int(local_c.min())
+                box = Chunk(
+                    chunk.index,
+                    chunk.row0 + r0,
+                    chunk.col0 + c0,
+                    int(local_r.max()) - r0 + 1,
+                    int(local_c.max()) - c0 + 1,
                 )
+                pixels = read_chunk(slide, job.plan, job.grid, box)
+                for lr, lc in zip(local_r.tolist(), local_c.tolist(), strict=True):
+                    y, x = (lr - r0) * s, (lc - c0) * s
+                    batch.add(pixels[y : y + k, x : x + k], chunk.row0 + lr, chunk.col0 + lc)
+            batch.flush()
         ready.put(LoaderDone(worker))
     except SlideReadError as exc:
         ready.put(LoaderFailed(worker, str(exc), "read", exc.path, exc.region, exc.problem))

@@ -22,8 +22,22 @@ class ChunkTask:
 
 
 @dataclass(frozen=True)
+class GroupTask:
+    """Consecutive chunks read by one loader and batched together; the checkpoint unit.
+
+    Batches never mix groups, and groups depend only on the slide, tissue and parameters, so
+    every window meets the model in the same batch whatever the number of workers, and after
+    a resume: outputs are reproducible to the last bit even for batch-sensitive models.
+    """
+
+    index: int
+    chunks: tuple[ChunkTask, ...]
+    n_windows: int
+
+
+@dataclass(frozen=True)
 class WindowBatch:
-    """``n`` windows of one chunk are in shared-memory slot ``slot``; batch i of n_batches."""
+    """Windows of group ``chunk_index`` in shared-memory slot ``slot``; batch i of n_batches."""
 
     chunk_index: int
     batch_index: int
