@@ -113,6 +113,10 @@ class _BatchFiller:
 def run_loader(worker: int, job: LoaderJob, tasks: Any, free_slots: Any, ready: Any) -> None:
     """Loader process body: tasks in, filled slots out, then ``LoaderDone``."""
     os.environ.setdefault("VIPS_CONCURRENCY", "1")
+    import pyvips
+
+    # Every crop is new: libvips' operation cache would only grow with the slide.
+    pyvips.cache_set_max(0)
     from ..slide import Slide
 
     try:
