@@ -793,3 +793,54 @@ def test_torch_export_program_gives_the_same_outputs_as_torchscript(make_slide, 
         assert (a["row"], a["col"]) == (b["row"], b["col"])
         assert float(a["out_0"]) == pytest.approx(float(b["out_0"]), abs=1e-4)
         assert float(a["out_1"]) == pytest.approx(float(b["out_1"]), abs=1e-4)
+
+
+def test_sigterm_stops_in_order_without_leftovers(tiff_slide, tmp_path):
+    """Snakemake cancelling a job (SIGTERM): one error line, exit 1, checkpoint kept, and no
+    loader, writer or shared-memory file left behind."""
+    out = tmp_path / "windows.csv"
+    cmd = [sys.executable, "-m", "wsiproc", "infer", str(tiff_slide), "--out", str(out),
+           "--kernel-size", str(KILL_KERNEL), "--stride", str(KILL_STRIDE), "--quiet",
+           "--device", "cpu", *KILL_ARGS]  # fmt: skip
+    env = {**os.environ, "WSIPROC_TEST_SLEEP": "0.05"}
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    index = partial_dir(out) / INDEX_FILE
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if index.exists() and index.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "run ended before it could be terminated"
+    proc.send_signal(signal.SIGTERM)  # the engine only, as Snakemake does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "SIGTERM" in lines[0]
+    assert not out.exists() and index.read_bytes().count(b"\n") >= 1
+    import psutil
+
+    deadline = time.monotonic() + 10
+    left = ["?"]
+    while time.monotonic() < deadline and left:
+        left = [
+            p.pid
+            for p in psutil.process_iter(["status"])
+            if _pgid(p.pid) == proc.pid and p.info["status"] != psutil.STATUS_ZOMBIE
+        ]
+        time.sleep(0.1)
+    assert not left, f"processes left behind: {left}"
+    assert not list(Path("/dev/shm").glob(f"wsiproc-{proc.pid}-*.slots"))
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
