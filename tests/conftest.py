@@ -1,4 +1,4 @@
-"""Session-wide test slides, generated once by :mod:`wsiproc.synth` so nothing binary is committed.
+"""Session-wide test slides, generated once by :mod:`wsiproc.synth_files` (no binaries committed).
 
 Good slides come in both formats wsiproc meets in practice (pyvips generic TIFF, Aperio SVS
 written by tifffile) at odd sizes; broken ones cover each way a file can fail to open or read.
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsiproc import synth
+from wsiproc import synth, synth_files
 
 #: Level-0 pixel sizes (µm/px) and objective powers of the slide fixtures.
 TIFF_MPP = 0.5
@@ -53,7 +53,7 @@ def tiff_image() -> np.ndarray:
 @pytest.fixture(scope="session")
 def tiff_slide(slide_dir: Path, tiff_image: np.ndarray) -> Path:
     """pyvips pyramidal JPEG TIFF (generic-tiff), 1531×1107, 0.5 mpp in resolution tags."""
-    return synth.write_pyramidal_tiff(slide_dir / "generic.tif", tiff_image, mpp=TIFF_MPP)
+    return synth_files.write_pyramidal_tiff(slide_dir / "generic.tif", tiff_image, mpp=TIFF_MPP)
 
 
 @pytest.fixture(scope="session")
@@ -65,13 +65,13 @@ def svs_image_40x() -> np.ndarray:
 @pytest.fixture(scope="session")
 def svs_image_20x(svs_image_40x: np.ndarray) -> np.ndarray:
     """Level-0 pixels of :func:`svs_slide_20x`: the 40x image box-filtered by 2, 2011×1503."""
-    return synth.downsample(svs_image_40x, 2)
+    return synth_files.downsample(svs_image_40x, 2)
 
 
 @pytest.fixture(scope="session")
 def svs_slide_20x(slide_dir: Path, svs_image_20x: np.ndarray) -> Path:
     """Aperio SVS, 2011×1503, AppMag 20, MPP 0.5; levels downsampled by 4 and 16."""
-    return synth.write_svs(
+    return synth_files.write_svs(
         slide_dir / "aperio_20x.svs", svs_image_20x, mpp=SVS_20X_MPP, magnification=20
     )
 
@@ -82,7 +82,7 @@ def svs_slide_40x(slide_dir: Path, svs_image_40x: np.ndarray) -> Path:
 
     4022×3006, AppMag 40, MPP 0.25; levels downsampled by 4 and 16.
     """
-    return synth.write_svs(
+    return synth_files.write_svs(
         slide_dir / "aperio_40x.svs", svs_image_40x, mpp=SVS_40X_MPP, magnification=40
     )
 
@@ -96,7 +96,7 @@ def nompp_image() -> np.ndarray:
 @pytest.fixture(scope="session")
 def nompp_slide(slide_dir: Path, nompp_image: np.ndarray) -> Path:
     """Tiled JPEG pyramid (generic-tiff) without resolution tags: OpenSlide reports no mpp."""
-    return synth.write_plain_tiff_no_metadata(slide_dir / "nompp.tif", nompp_image)
+    return synth_files.write_plain_tiff_no_metadata(slide_dir / "nompp.tif", nompp_image)
 
 
 @pytest.fixture(scope="session")
@@ -105,10 +105,10 @@ def corrupt_slide(slide_dir: Path) -> tuple[Path, tuple[int, int, int, int]]:
 
     The slide opens; reading any region that touches the box fails in OpenSlide and pyvips.
     """
-    path = synth.write_pyramidal_tiff(
+    path = synth_files.write_pyramidal_tiff(
         slide_dir / "corrupt.tif", synth.tissue_image(2048, 2048, seed=14), mpp=TIFF_MPP
     )
-    return path, synth.corrupt_tile(path)
+    return path, synth_files.corrupt_tile(path)
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +122,7 @@ def zero_byte_slide(slide_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def truncated_slide(slide_dir: Path, tiff_image: np.ndarray) -> Path:
     """A pyvips pyramidal TIFF cut to half its bytes: neither OpenSlide nor pyvips opens it."""
-    path = synth.write_pyramidal_tiff(slide_dir / "truncated.tif", tiff_image, mpp=TIFF_MPP)
+    path = synth_files.write_pyramidal_tiff(slide_dir / "truncated.tif", tiff_image, mpp=TIFF_MPP)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path

@@ -18,7 +18,7 @@ from scipy import ndimage
 import wsiproc.cli
 from wsiproc.cli import main
 from wsiproc.qc import metrics
-from wsiproc.qc.report import SlideQC, build_qc
+from wsiproc.qc.collect import SlideQC, build_qc
 from wsiproc.table import format_rows, header
 
 THUMB_SCALE = 16.0  # level-0 px per thumbnail px

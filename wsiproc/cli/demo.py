@@ -1,7 +1,7 @@
 """``wsiproc demo DIR``: write a small synthetic cohort that the workflow runs end to end.
 
 Lets a new user (and CI) exercise every stage without real slides; generation lives in
-:mod:`wsiproc.synth`, this module only parses arguments and says what to run next.
+:mod:`wsiproc.demo`, this module only parses arguments and says what to run next.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the cohort and print the sheet, the config and the command that runs it."""
-    from ..synth import DEMO_SLIDES, demo_cohort
+    from ..demo import DEMO_SLIDES, demo_cohort
 
     config = demo_cohort(args.directory, seed=args.seed)
     directory = config.parent

@@ -7,7 +7,8 @@ import math
 
 from ..errors import ConfigError
 from ..qc import metrics
-from ..qc.report import Thresholds, build_qc, write_qc_html, write_qc_json
+from ..qc.collect import Thresholds, build_qc, write_qc_json
+from ..qc.render import write_qc_html
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

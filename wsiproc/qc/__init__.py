@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .collect import QC_FORMAT, SlideQC, Thresholds, build_qc, write_qc_json
 from .metrics import (
     BLUR_THRESHOLD,
     FLAGS,
@@ -15,16 +16,8 @@ from .metrics import (
     tissue_percent,
     window_mean_raster,
 )
-from .report import (
-    QC_FORMAT,
-    SUMMARY_COLUMNS,
-    SlideQC,
-    Thresholds,
-    build_qc,
-    write_cohort_report,
-    write_qc_html,
-    write_qc_json,
-)
+from .render import write_qc_html
+from .report import SUMMARY_COLUMNS, write_cohort_report
 
 __all__ = [
     "BLUR_THRESHOLD",

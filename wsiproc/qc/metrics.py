@@ -1,6 +1,6 @@
 """Pure QC metrics on arrays: focus, marker ink, tissue area, output statistics and flags.
 
-Kept apart from :mod:`wsiproc.qc.report` so every number in a QC report can be tested on tiny
+Kept apart from :mod:`wsiproc.qc.collect` so every number in a QC report can be tested on tiny
 arrays without files. Images are ``(height, width, 3)`` uint8 RGB; masks are boolean
 ``(height, width)`` arrays in the same pixel frame.
 """
