@@ -435,27 +435,41 @@ class _Pipeline:
         ckpt.reload()  # what the writer process committed
 
     def close(self) -> None:
-        """Stop every process and free the shared memory (idempotent)."""
-        if not self.sentinels_sent:
-            for _ in range(self.workers):
-                self.tasks.put(None)
-            self.sentinels_sent = True
-        if self.writer is not None and self.writer.is_alive():
-            try:  # after an error: let the writer exit now (complete chunks are committed)
-                self.pieces.put(WriterClose(), timeout=1.0)
-            except queue_mod.Full:
-                pass
+        """Stop every process and free the shared memory (idempotent, even if interrupted).
+
+        SIGTERM is ignored meanwhile: a second one (Snakemake escalating) must not cut the
+        clean-up short and leave processes or shared memory behind.
+        """
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         procs = [p for p in [*self.procs, self.writer] if p is not None]
-        for p in procs:
-            p.join(timeout=0.5 if p is not self.writer else 5)
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-        self.pool.unlink()
-        for q in (self.tasks, self.free_slots, self.ready, self.pieces, self.writer_status):
-            q.cancel_join_thread()
-            q.close()
+        try:
+            if not self.sentinels_sent:
+                for _ in range(self.workers):
+                    self.tasks.put(None)
+                self.sentinels_sent = True
+            if self.writer is not None and self.writer.is_alive():
+                try:  # after an error: let the writer exit now (complete chunks are committed)
+                    self.pieces.put(WriterClose(), timeout=1.0)
+                except queue_mod.Full:
+                    pass
+            for p in procs:
+                p.join(timeout=0.5 if p is not self.writer else 5)
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                    p.join(timeout=5)
+                if p.is_alive():
+                    p.kill()
+                    p.join(timeout=5)
+            self.pool.unlink()
+            for q in (self.tasks, self.free_slots, self.ready, self.pieces, self.writer_status):
+                q.cancel_join_thread()
+                q.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     def _raise_writer_failure(self) -> None:
         try:
