@@ -157,6 +157,19 @@ def _run_inference(req: InferRequest) -> InferResult:
     _validate(req)
     started = time.monotonic()
     slide_id = req.slide_id or Path(req.slide).stem
+    # Loader processes start first (forked before any decoder library is loaded, when that
+    # is safe), so their start-up overlaps opening the slide, tissue detection and model load.
+    pipeline = _Pipeline(req)
+    try:
+        return _run_with_pipeline(req, pipeline, started, slide_id)
+    finally:
+        pipeline.close()
+
+
+def _run_with_pipeline(
+    req: InferRequest, pipeline: _Pipeline, started: float, slide_id: str
+) -> InferResult:
+    """:func:`run_inference` once the loader processes are starting."""
     with Slide(req.slide, reader=req.reader) as slide:
         info = slide.info
         plan = req.plan or select_level(info, req.spec)
@@ -165,76 +178,68 @@ def _run_inference(req: InferRequest) -> InferResult:
         )
         rows, cols = grid.rows, grid.cols
         chunks = plan_chunks(grid, req.chunk_px)
-        # Loader processes start now, so their start-up overlaps tissue detection and model load.
-        pipeline = _Pipeline(req, plan, grid, n_chunks=len(chunks)) if chunks else None
-        try:
-            tissue = np.zeros((rows, cols), dtype=np.float32)
-            if rows and cols:
-                thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
-                mask = tissue_mask(thumb)
-                sx, sy = info.width / mask.shape[1], info.height / mask.shape[0]
-                rr, cc = np.mgrid[0:rows, 0:cols]
-                boxes = grid.l0_boxes(rr.ravel(), cc.ravel())
-                tissue = window_tissue_fractions(mask, sx, sy, boxes).reshape(rows, cols)
-            # Rounded as in the CSV, so the threshold sees what the user sees.
-            tissue = np.round(tissue, 4).astype(np.float32)
-            keep = (
-                tissue >= req.min_tissue if req.min_tissue > 0 else np.ones_like(tissue, dtype=bool)
+        pipeline.start(plan, grid)
+        tissue = np.zeros((rows, cols), dtype=np.float32)
+        if rows and cols:
+            thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
+            mask = tissue_mask(thumb)
+            sx, sy = info.width / mask.shape[1], info.height / mask.shape[0]
+            rr, cc = np.mgrid[0:rows, 0:cols]
+            boxes = grid.l0_boxes(rr.ravel(), cc.ravel())
+            tissue = window_tissue_fractions(mask, sx, sy, boxes).reshape(rows, cols)
+        # Rounded as in the CSV, so the threshold sees what the user sees.
+        tissue = np.round(tissue, 4).astype(np.float32)
+        keep = tissue >= req.min_tissue if req.min_tissue > 0 else np.ones_like(tissue, dtype=bool)
+        collector, source = _make_collector(req)
+        names = list(collector.output_names)
+        width = len(names)
+        fingerprint = {
+            "format": WINDOWS_FORMAT,
+            "wsiproc": __version__,
+            "slide": _slide_stamp(req.slide),
+            "plan": plan.to_dict(),
+            "grid": [req.kernel_px, req.stride_px, req.border],
+            "min_tissue": req.min_tissue,
+            "model": source,
+            "model_identity": collector.identity(),
+            "outputs": names,
+            "batch_size": req.batch_size,
+            "precision": req.precision,
+            "device": req.device,
+            "chunk_px": req.chunk_px,
+            "patient": req.patient,
+            "slide_id": slide_id,
+        }
+        ckpt = Checkpoint(partial_dir(req.out), fingerprint, width)
+        groups = plan_groups(chunks, keep, req.batch_size)
+        todo = [g for g in groups if g.index not in ckpt.done]
+        resumed = sum(g.n_windows for g in groups if g.index in ckpt.done)
+        n_keep_total = int(keep.sum())
+        n_chunks_todo = sum(len(g.chunks) for g in todo)
+        _log(
+            req,
+            f"{req.slide}: level {plan.level} (x{plan.level_downsample:g}), "
+            f"scale {plan.scale:.4g}, grid {rows}x{cols}, {n_keep_total} windows "
+            f"with tissue >= {req.min_tissue}, {n_chunks_todo} chunks to read"
+            + (f", resuming after {resumed} windows" if resumed else ""),
+        )
+        t_stream = time.monotonic()
+        collector.open(
+            StreamInfo(
+                req.slide,
+                slide_id,
+                req.patient,
+                plan.level,
+                plan.scale,
+                plan.proc_mpp,
+                req.kernel_px,
+                req.stride_px,
+                rows,
+                cols,
+                n_keep_total,
             )
-            collector, source = _make_collector(req)
-            names = list(collector.output_names)
-            width = len(names)
-            fingerprint = {
-                "format": WINDOWS_FORMAT,
-                "wsiproc": __version__,
-                "slide": _slide_stamp(req.slide),
-                "plan": plan.to_dict(),
-                "grid": [req.kernel_px, req.stride_px, req.border],
-                "min_tissue": req.min_tissue,
-                "model": source,
-                "model_identity": collector.identity(),
-                "outputs": names,
-                "batch_size": req.batch_size,
-                "precision": req.precision,
-                "device": req.device,
-                "chunk_px": req.chunk_px,
-                "patient": req.patient,
-                "slide_id": slide_id,
-            }
-            ckpt = Checkpoint(partial_dir(req.out), fingerprint, width)
-            groups = plan_groups(chunks, keep, req.batch_size)
-            todo = [g for g in groups if g.index not in ckpt.done]
-            resumed = sum(g.n_windows for g in groups if g.index in ckpt.done)
-            n_keep_total = int(keep.sum())
-            n_chunks_todo = sum(len(g.chunks) for g in todo)
-            _log(
-                req,
-                f"{req.slide}: level {plan.level} (x{plan.level_downsample:g}), "
-                f"scale {plan.scale:.4g}, grid {rows}x{cols}, {n_keep_total} windows "
-                f"with tissue >= {req.min_tissue}, {n_chunks_todo} chunks to read"
-                + (f", resuming after {resumed} windows" if resumed else ""),
-            )
-            t_stream = time.monotonic()
-            collector.open(
-                StreamInfo(
-                    req.slide,
-                    slide_id,
-                    req.patient,
-                    plan.level,
-                    plan.scale,
-                    plan.proc_mpp,
-                    req.kernel_px,
-                    req.stride_px,
-                    rows,
-                    cols,
-                    n_keep_total,
-                )
-            )
-            if pipeline is not None:
-                pipeline.run(todo, collector, ckpt, fingerprint, width, resumed, n_keep_total)
-        finally:
-            if pipeline is not None:
-                pipeline.close()
+        )
+        pipeline.run(todo, collector, ckpt, fingerprint, width, resumed, n_keep_total)
     t_assemble = time.monotonic()
     processed = _assemble(req, grid, plan, ckpt, tissue, names, slide_id, groups)
     elapsed = time.monotonic() - started
@@ -289,6 +294,16 @@ def _run_inference(req: InferRequest) -> InferResult:
     return InferResult(csv_tmp_done, mpath, processed, rows * cols, resumed, meta)
 
 
+def _fork_is_safe() -> bool:
+    """Fork (fast start) only while this process runs no other thread and has loaded no
+    library that keeps threads or locks (libvips, torch, OpenSlide); else spawn."""
+    return (
+        "fork" in mp.get_all_start_methods()
+        and threading.active_count() == 1
+        and not any(name in sys.modules for name in ("pyvips", "torch", "openslide"))
+    )
+
+
 def _make_collector(req: InferRequest) -> tuple[StreamCollector, str]:
     """The user's collector, or the model collector; with the source recorded in outputs."""
     if req.collector:
@@ -308,44 +323,52 @@ class _Pipeline:
     process and the shared memory down, also after errors.
     """
 
-    def __init__(self, req: InferRequest, plan: LevelPlan, grid: Grid, *, n_chunks: int) -> None:
+    def __init__(self, req: InferRequest) -> None:
         self.req = req
-        self.grid = grid
-        ctx = mp.get_context("spawn")
+        self.grid: Grid | None = None
+        ctx = mp.get_context("fork" if _fork_is_safe() else "spawn")
         self.ctx = ctx
-        self.workers = max(1, min(req.workers, n_chunks))
+        self.workers = req.workers
         self.n_slots = 2 * self.workers + 1
-        k = grid.kernel_px
+        k = req.kernel_px
         self.pool = SlotPool.create(self.n_slots, (req.batch_size, k, k, 3))
+        self.jobs = ctx.Queue()
         self.tasks = ctx.Queue()
         self.free_slots = ctx.Queue()
         self.ready = ctx.Queue(maxsize=self.n_slots + self.workers)
-        self.pieces = ctx.Queue(maxsize=64)
-        self.writer_status = ctx.Queue()
+        self.pieces: Any = None  # created with the writer, whose start method may differ
+        self.writer_status: Any = None
         self.writer: Any = None
         self.procs: list[Any] = []
+        self.jobs_sent = False
         self.sentinels_sent = False
-        for slot in range(self.n_slots):
-            self.free_slots.put(slot)
-        job = LoaderJob(
-            req.slide,
-            req.reader,
-            plan,
-            grid,
-            req.batch_size,
-            self.pool.path,
-            self.n_slots,
-            os.getpid(),
-        )
         for w in range(self.workers):
             p = ctx.Process(
                 target=run_loader,
                 name=f"wsiproc-loader-{w}",
-                args=(w, job, self.tasks, self.free_slots, self.ready),
+                args=(w, self.jobs, self.tasks, self.free_slots, self.ready, os.getpid()),
                 daemon=True,
             )
             p.start()
             self.procs.append(p)
+        for slot in range(self.n_slots):
+            self.free_slots.put(slot)
+
+    def start(self, plan: LevelPlan, grid: Grid) -> None:
+        """Tell the (already running) loaders what to read."""
+        self.grid = grid
+        job = LoaderJob(
+            self.req.slide,
+            self.req.reader,
+            plan,
+            grid,
+            self.req.batch_size,
+            self.pool.path,
+            self.n_slots,
+        )
+        for _ in range(self.workers):
+            self.jobs.put(job)
+        self.jobs_sent = True
 
     def run(
         self,
@@ -368,7 +391,12 @@ class _Pipeline:
         if not todo:
             return
         grid, pool = self.grid, self.pool
-        self.writer = self.ctx.Process(
+        # Decoders and torch are loaded by now: fork only if still safe, else spawn. Pieces
+        # are small (values only), so a deep queue keeps the collector from ever waiting.
+        wctx = mp.get_context("fork" if _fork_is_safe() else "spawn")
+        self.pieces = wctx.Queue(maxsize=1024)
+        self.writer_status = wctx.Queue()
+        self.writer = wctx.Process(
             target=run_writer,
             name="wsiproc-writer",
             daemon=True,
@@ -445,6 +473,10 @@ class _Pipeline:
             previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         procs = [p for p in [*self.procs, self.writer] if p is not None]
         try:
+            if not self.jobs_sent:
+                for _ in range(self.workers):
+                    self.jobs.put(None)
+                self.jobs_sent = True
             if not self.sentinels_sent:
                 for _ in range(self.workers):
                     self.tasks.put(None)
@@ -465,7 +497,17 @@ class _Pipeline:
                     p.kill()
                     p.join(timeout=5)
             self.pool.unlink()
-            for q in (self.tasks, self.free_slots, self.ready, self.pieces, self.writer_status):
+            queues = (
+                self.jobs,
+                self.tasks,
+                self.free_slots,
+                self.ready,
+                self.pieces,
+                self.writer_status,
+            )
+            for q in queues:
+                if q is None:
+                    continue
                 q.cancel_join_thread()
                 q.close()
             if previous is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import queue as queue_mod
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,6 @@ class LoaderJob:
     batch_size: int
     shm_path: str
     n_slots: int
-    parent_pid: int
 
 
 def read_chunk(slide: Any, plan: LevelPlan, grid: Grid, chunk: Chunk) -> np.ndarray:
@@ -52,6 +52,16 @@ def read_chunk(slide: Any, plan: LevelPlan, grid: Grid, chunk: Chunk) -> np.ndar
     box = (lx0 - rx0, ly0 - ry0, lx1 - rx0, ly1 - ry0)
     img = Image.fromarray(region).resize((pw, ph), Image.Resampling.BILINEAR, box=box)
     return np.asarray(img)
+
+
+def quiet_signals() -> None:
+    """In a worker: SIGTERM kills at once (the engine cleans up), Ctrl-C is the engine's job.
+
+    A forked worker would otherwise inherit the engine's SIGTERM handler and print tracebacks
+    on Ctrl-C sent to the whole process group.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _get(q: Any, parent_pid: int) -> Any:
@@ -75,9 +85,10 @@ class _BatchFiller:
         ready: Any,
         group: int,
         n_batches: int,
+        parent_pid: int,
     ) -> None:
         self.job, self.pool, self.free_slots, self.ready = job, pool, free_slots, ready
-        self.group, self.n_batches = group, n_batches
+        self.group, self.n_batches, self.parent_pid = group, n_batches, parent_pid
         self.batch_index = 0
         self.slot: int | None = None
         self.rows: list[int] = []
@@ -85,7 +96,7 @@ class _BatchFiller:
 
     def add(self, window: np.ndarray, row: int, col: int) -> None:
         if self.slot is None:
-            self.slot = _get(self.free_slots, self.job.parent_pid)
+            self.slot = _get(self.free_slots, self.parent_pid)
         self.pool.view(self.slot)[len(self.rows)] = window
         self.rows.append(row)
         self.cols.append(col)
@@ -110,8 +121,15 @@ class _BatchFiller:
         self.rows, self.cols = [], []
 
 
-def run_loader(worker: int, job: LoaderJob, tasks: Any, free_slots: Any, ready: Any) -> None:
-    """Loader process body: tasks in, filled slots out, then ``LoaderDone``."""
+def run_loader(
+    worker: int, jobs: Any, tasks: Any, free_slots: Any, ready: Any, parent_pid: int
+) -> None:
+    """Loader process body: a job (or None: nothing to do), then tasks in, filled slots out,
+    then ``LoaderDone``."""
+    quiet_signals()
+    job: LoaderJob | None = _get(jobs, parent_pid)
+    if job is None:
+        return
     os.environ.setdefault("VIPS_CONCURRENCY", "1")
     import pyvips
 
@@ -126,11 +144,11 @@ def run_loader(worker: int, job: LoaderJob, tasks: Any, free_slots: Any, ready: 
         slide = Slide(job.slide_path, reader=job.reader)
         k, s = job.grid.kernel_px, job.grid.stride_px
         while True:
-            group: GroupTask | None = _get(tasks, job.parent_pid)
+            group: GroupTask | None = _get(tasks, parent_pid)
             if group is None:
                 break
             n_batches = math.ceil(group.n_windows / job.batch_size)
-            batch = _BatchFiller(job, pool, free_slots, ready, group.index, n_batches)
+            batch = _BatchFiller(job, pool, free_slots, ready, group.index, n_batches, parent_pid)
             for task in group.chunks:
                 chunk = task.chunk
                 local_r, local_c = np.nonzero(task.keep)

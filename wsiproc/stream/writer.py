@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import OutputError
 from .checkpoint import Checkpoint
+from .loader import quiet_signals
 from .messages import ProcessedPiece, WriterClose, WriterFailed
 
 
@@ -30,6 +31,7 @@ def run_writer(
 
     Exits on its own if the engine process dies (what is committed stays committed).
     """
+    quiet_signals()
     try:
         ckpt = Checkpoint(Path(directory), fingerprint, width)
         partial: dict[int, list[ProcessedPiece]] = {}
