@@ -127,9 +127,7 @@ def run_loader(
     """Loader process body: a job (or None: nothing to do), then tasks in, filled slots out,
     then ``LoaderDone``."""
     quiet_signals()
-    job: LoaderJob | None = _get(jobs, parent_pid)
-    if job is None:
-        return
+    # Load the decoders while the engine is still planning (overlaps their import time).
     os.environ.setdefault("VIPS_CONCURRENCY", "1")
     import pyvips
 
@@ -137,6 +135,9 @@ def run_loader(
     pyvips.cache_set_max(0)
     from ..slide import Slide
 
+    job: LoaderJob | None = _get(jobs, parent_pid)
+    if job is None:
+        return
     try:
         pool = SlotPool.attach(
             job.shm_path, job.n_slots, (job.batch_size, job.grid.kernel_px, job.grid.kernel_px, 3)
