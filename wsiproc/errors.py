@@ -7,6 +7,18 @@ file (or config key) and the problem; the CLI prints it as ``error: ...`` and ex
 from __future__ import annotations
 
 
+def one_line(exc: BaseException) -> str:
+    """A foreign exception as one line for our messages: its first non-empty line, or its type.
+
+    Examples
+    --------
+    >>> one_line(ValueError("bad tile\\ndetails"))
+    'bad tile'
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class WsiprocError(Exception):
     """Root of every error wsiproc raises on bad input or a failed environment."""
 

@@ -19,7 +19,7 @@ import pyvips
 import tifffile
 
 from .atomic import atomic_path
-from .errors import InputTableError, OutputError
+from .errors import InputTableError, OutputError, one_line
 from .table import META_COLUMNS, read_header
 
 CHUNK_ROWS = 65_536
@@ -190,7 +190,7 @@ def iter_window_chunks(
                 _check_cells(chunk, meta, path)
                 yield chunk
     except (ValueError, pd.errors.ParserError, OSError) as exc:
-        problem = f"malformed windows CSV: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        problem = f"malformed windows CSV: {one_line(exc)}"
         raise InputTableError(path, problem) from exc
 
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, one_line
 
 BUILTIN_PREFIX = "builtin:"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -229,8 +229,9 @@ class TorchScriptModel:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location=self.device)
         except Exception as exc:  # noqa: BLE001 - any load failure is a model error
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(self.source, f"not a loadable TorchScript model: {msg}") from exc
+            raise ModelError(
+                self.source, f"not a loadable TorchScript model: {one_line(exc)}"
+            ) from exc
         module.eval()
         try:
             with warnings.catch_warnings():
@@ -248,8 +249,9 @@ class TorchScriptModel:
             program = torch.export.load(str(path))
             return program.module().to(self.device)
         except Exception as exc:  # noqa: BLE001 - any load failure is a model error
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(self.source, f"not a loadable torch.export program: {msg}") from exc
+            raise ModelError(
+                self.source, f"not a loadable torch.export program: {one_line(exc)}"
+            ) from exc
 
     def identity(self) -> str:
         return json.dumps({"sha256": self._sha, "sidecar": self.sidecar}, sort_keys=True)

@@ -16,7 +16,7 @@ import tifffile
 from PIL import Image
 
 from .atomic import describe_os_error
-from .errors import OutputError
+from .errors import OutputError, one_line
 
 if TYPE_CHECKING:
     import pyvips
@@ -90,7 +90,7 @@ def write_pyramidal_tiff(
             **kwargs,
         )
     except pyvips.Error as exc:
-        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else "pyvips error"
+        problem = one_line(exc)
         raise OutputError(str(path), problem) from exc
     return path
 
