@@ -129,17 +129,18 @@ def test_pad_border_covers_last_pixel_row(size, kernel, stride):
     stride=st.integers(min_value=8, max_value=400),
     border=st.sampled_from(["valid", "pad"]),
     chunk_px=st.integers(min_value=1, max_value=2500),
+    tile_px=st.sampled_from([None, 128, 240, 256, 512]),
 )
 @settings(max_examples=150, deadline=None)
 def test_plan_chunks_covers_every_cell_exactly_once(
-    width, height, kernel, stride, border, chunk_px
+    width, height, kernel, stride, border, chunk_px, tile_px
 ):
     grid = Grid(width, height, kernel, stride, border, 1.0)
-    chunks = plan_chunks(grid, chunk_px)
+    chunks = plan_chunks(grid, chunk_px, tile_px)
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert [(c.row0, c.col0) for c in chunks] == sorted((c.row0, c.col0) for c in chunks)
     counts = np.zeros((grid.rows, grid.cols), dtype=np.int32)
-    n = cells_per_chunk(grid, chunk_px)
+    n = cells_per_chunk(grid, chunk_px, tile_px)
     for c in chunks:
         assert 1 <= c.n_rows <= n and 1 <= c.n_cols <= n
         assert c.row0 + c.n_rows <= grid.rows and c.col0 + c.n_cols <= grid.cols
@@ -230,3 +231,14 @@ def test_grid_rejects_bad_parameters(kwargs, key):
         Grid(**params)
     assert err.value.key == key
     assert "\n" not in str(err.value)
+
+
+def test_tile_aligned_chunks_start_on_tile_boundaries():
+    """224-px windows on 256-px tiles: chunks of 8 windows span exactly 7 tiles."""
+    grid = Grid(20000, 15000, 224, 224, "valid", 1.0)
+    chunks = plan_chunks(grid, 2048, tile_px=256)
+    assert all(c.proc_box(grid)[0] % 256 == 0 and c.proc_box(grid)[1] % 256 == 0 for c in chunks)
+    assert cells_per_chunk(grid, 2048, tile_px=256) == 8
+    # No aligned count within half the default size: keep the default.
+    odd = Grid(20000, 15000, 100, 97, "valid", 1.0)
+    assert cells_per_chunk(odd, 2048, tile_px=256) == cells_per_chunk(odd, 2048)

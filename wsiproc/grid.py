@@ -111,18 +111,29 @@ class Chunk:
         return x0, y0, (self.n_cols - 1) * s + k, (self.n_rows - 1) * s + k
 
 
-def cells_per_chunk(grid: Grid, chunk_px: int) -> int:
+def cells_per_chunk(grid: Grid, chunk_px: int, tile_px: int | None = None) -> int:
     """Cells along one side of a chunk so that it spans about ``chunk_px`` processing pixels.
+
+    With ``tile_px`` (the slide's tile size, when windows are read without resizing), prefer
+    the largest count down to half the default whose span ``cells * stride`` is a whole number
+    of tiles: chunks then start on tile boundaries and no tile is decoded twice.
 
     Examples
     --------
     >>> cells_per_chunk(Grid(5000, 5000, 224, 224, "valid", 1.0), 2048)
     9
+    >>> cells_per_chunk(Grid(5000, 5000, 224, 224, "valid", 1.0), 2048, tile_px=256)
+    8
     """
-    return max(1, (chunk_px - grid.kernel_px) // grid.stride_px + 1)
+    n = max(1, (chunk_px - grid.kernel_px) // grid.stride_px + 1)
+    if tile_px:
+        for cells in range(n, max(1, n // 2) - 1, -1):
+            if (cells * grid.stride_px) % tile_px == 0:
+                return cells
+    return n
 
 
-def plan_chunks(grid: Grid, chunk_px: int) -> list[Chunk]:
+def plan_chunks(grid: Grid, chunk_px: int, tile_px: int | None = None) -> list[Chunk]:
     """Split the grid into chunks in (row, col) order; their union is every cell exactly once.
 
     Examples
@@ -131,7 +142,7 @@ def plan_chunks(grid: Grid, chunk_px: int) -> list[Chunk]:
     >>> [(c.row0, c.col0, c.n_rows, c.n_cols) for c in plan_chunks(g, 40)]
     [(0, 0, 4, 4), (0, 4, 4, 4), (0, 8, 4, 2), (4, 0, 1, 4), (4, 4, 1, 4), (4, 8, 1, 2)]
     """
-    n = cells_per_chunk(grid, chunk_px)
+    n = cells_per_chunk(grid, chunk_px, tile_px)
     chunks = []
     for row0 in range(0, grid.rows, n):
         for col0 in range(0, grid.cols, n):

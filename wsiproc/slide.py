@@ -223,6 +223,18 @@ class Slide:
         pil = self._osr.read_region((round(x * ds), round(y * ds)), level, (w, h))
         return _over_white(np.asarray(pil))
 
+    def tile_size(self, level: int) -> int | None:
+        """Width of the slide's storage tiles at ``level`` in pixels, if square and known."""
+        props = self._osr.properties
+        w = props.get(f"openslide.level[{level}].tile-width")
+        h = props.get(f"openslide.level[{level}].tile-height")
+        if w is None or w != h:
+            return None
+        try:
+            return int(w)
+        except ValueError:
+            return None
+
     def thumbnail_rgb(self, max_size: int) -> np.ndarray:
         """A thumbnail whose longer side is at most ``max_size`` pixels, as RGB uint8.
 

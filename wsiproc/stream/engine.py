@@ -177,7 +177,9 @@ def _run_with_pipeline(
             plan.proc_width, plan.proc_height, req.kernel_px, req.stride_px, req.border, plan.scale
         )
         rows, cols = grid.rows, grid.cols
-        chunks = plan_chunks(grid, req.chunk_px)
+        # Tile-aligned chunks when windows are read as stored (no resize): no tile decoded twice.
+        tile_px = slide.tile_size(plan.level) if plan.resize_factor == 1.0 else None
+        chunks = plan_chunks(grid, req.chunk_px, tile_px)
         pipeline.start(plan, grid)
         tissue = np.zeros((rows, cols), dtype=np.float32)
         if rows and cols:
@@ -207,6 +209,7 @@ def _run_with_pipeline(
             "precision": req.precision,
             "device": req.device,
             "chunk_px": req.chunk_px,
+            "tile_px": tile_px,
             "patient": req.patient,
             "slide_id": slide_id,
         }
