@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+THUMBNAIL_PX = 1024
+"""Longer side of the thumbnail tissue is detected on (by `wsiproc level` and `infer` alike)."""
+
 MIN_SATURATION = 20
 """Saturation (0-255) below which a pixel is never tissue, whatever Otsu says."""
 

@@ -27,8 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_path, atomic_write
     from ..level import select_level
     from ..slide import Slide
-    from ..stream.engine import THUMBNAIL_PX
-    from ..tissue import tissue_mask
+    from ..tissue import THUMBNAIL_PX, tissue_mask
 
     spec = level_spec(args)
     with Slide(args.slide) as slide:

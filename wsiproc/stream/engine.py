@@ -28,16 +28,13 @@ from ..grid import Chunk, Grid, plan_chunks
 from ..level import LevelPlan, LevelSpec, select_level
 from ..slide import Slide
 from ..table import format_rows, header
-from ..tissue import tissue_mask, window_tissue_fractions
+from ..tissue import THUMBNAIL_PX, tissue_mask, window_tissue_fractions
 from .checkpoint import Checkpoint
 from .collector import ModelCollector, StreamCollector, StreamInfo, StreamPiece, make_collector
 from .loader import LoaderJob, run_loader
 from .messages import ChunkTask, GroupTask, LoaderDone, LoaderFailed, ProcessedPiece, WriterClose
 from .shm import SlotPool
 from .writer import run_writer
-
-THUMBNAIL_PX = 1024
-"""Longer side of the thumbnail tissue is detected on."""
 
 WINDOWS_FORMAT = "wsiproc-windows/1"
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import queue as queue_mod
-import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +19,7 @@ from ..grid import Chunk, Grid
 from ..level import LevelPlan
 from .messages import GroupTask, LoaderDone, LoaderFailed, WindowBatch
 from .shm import SlotPool
+from .worker import get_while_parent_alive, quiet_signals
 
 
 @dataclass(frozen=True)
@@ -54,26 +53,6 @@ def read_chunk(slide: Any, plan: LevelPlan, grid: Grid, chunk: Chunk) -> np.ndar
     return np.asarray(img)
 
 
-def quiet_signals() -> None:
-    """In a worker: SIGTERM kills at once (the engine cleans up), Ctrl-C is the engine's job.
-
-    A forked worker would otherwise inherit the engine's SIGTERM handler and print tracebacks
-    on Ctrl-C sent to the whole process group.
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _get(q: Any, parent_pid: int) -> Any:
-    """Blocking get that gives up when the parent process died (no orphans after SIGKILL)."""
-    while True:
-        try:
-            return q.get(timeout=1.0)
-        except queue_mod.Empty:
-            if os.getppid() != parent_pid:
-                raise SystemExit(1) from None
-
-
 class _BatchFiller:
     """Fills shared-memory slots window by window and sends each full (or last) batch."""
 
@@ -96,7 +75,7 @@ class _BatchFiller:
 
     def add(self, window: np.ndarray, row: int, col: int) -> None:
         if self.slot is None:
-            self.slot = _get(self.free_slots, self.parent_pid)
+            self.slot = get_while_parent_alive(self.free_slots, self.parent_pid)
         self.pool.view(self.slot)[len(self.rows)] = window
         self.rows.append(row)
         self.cols.append(col)
@@ -135,7 +114,7 @@ def run_loader(
     pyvips.cache_set_max(0)
     from ..slide import Slide
 
-    job: LoaderJob | None = _get(jobs, parent_pid)
+    job: LoaderJob | None = get_while_parent_alive(jobs, parent_pid)
     if job is None:
         return
     try:
@@ -145,7 +124,7 @@ def run_loader(
         slide = Slide(job.slide_path, reader=job.reader)
         k, s = job.grid.kernel_px, job.grid.stride_px
         while True:
-            group: GroupTask | None = _get(tasks, parent_pid)
+            group: GroupTask | None = get_while_parent_alive(tasks, parent_pid)
             if group is None:
                 break
             n_batches = math.ceil(group.n_windows / job.batch_size)

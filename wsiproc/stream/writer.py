@@ -6,8 +6,6 @@ queue. Chunks complete in any order; ordering happens once, when the final CSV i
 
 from __future__ import annotations
 
-import os
-import queue as queue_mod
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +13,8 @@ import numpy as np
 
 from ..errors import OutputError
 from .checkpoint import Checkpoint
-from .loader import quiet_signals
 from .messages import ProcessedPiece, WriterClose, WriterFailed
+from .worker import get_while_parent_alive, quiet_signals
 
 
 def run_writer(
@@ -36,12 +34,7 @@ def run_writer(
         ckpt = Checkpoint(Path(directory), fingerprint, width)
         partial: dict[int, list[ProcessedPiece]] = {}
         while True:
-            try:
-                msg = pieces.get(timeout=1.0)
-            except queue_mod.Empty:
-                if os.getppid() != parent_pid:
-                    raise SystemExit(1) from None
-                continue
+            msg = get_while_parent_alive(pieces, parent_pid)
             if isinstance(msg, WriterClose):
                 if msg.keep_partial:
                     for index in sorted(partial):
