@@ -30,7 +30,8 @@ from wsiproc import synth, synth_files
 from wsiproc.cli import main
 from wsiproc.grid import Grid, plan_chunks
 from wsiproc.stream.checkpoint import INDEX_FILE, Checkpoint
-from wsiproc.stream.engine import partial_dir, plan_groups
+from wsiproc.stream.engine import partial_dir
+from wsiproc.stream.plan import plan_groups
 from wsiproc.table import META_COLUMNS
 
 TESTS_DIR = Path(__file__).resolve().parent

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from wsiproc import cli, table
 from wsiproc.colormap import COLORMAP_NAMES, colorize, lookup_table
 from wsiproc.errors import ConfigError
-from wsiproc.heatmap import WindowGrid, average_windows, read_meta
+from wsiproc.heatmap import WindowGrid, average_windows
+from wsiproc.record import read_record
 
 
 def write_windows(
@@ -430,7 +431,7 @@ def test_every_colormap_is_a_256_entry_rgb_table() -> None:
 
 def test_window_grid_repr(tmp_path: Path) -> None:
     write_windows(tmp_path, rng=np.random.default_rng(0), grid_rows=3, grid_cols=4)
-    grid = WindowGrid(read_meta(tmp_path / "windows.json"), source="w.csv")
+    grid = WindowGrid(read_record(tmp_path / "windows.json"), source="w.csv")
     assert repr(grid) == "WindowGrid('w.csv', raster=3x4x2, windows=0)"
 
 

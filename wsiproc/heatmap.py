@@ -7,204 +7,21 @@ an h×w block there instead, so its raster pixel is ``stride / h`` processing pi
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyvips
 import tifffile
 
 from .atomic import atomic_path
-from .errors import InputTableError, OutputError, one_line
-from .table import META_COLUMNS, read_header
-
-CHUNK_ROWS = 65_536
-"""CSV rows parsed at a time: bounds memory whatever the number of windows."""
+from .errors import InputTableError, OutputError
+from .record import WindowsRecord
+from .table import WindowChunk
 
 TILE_PX = 256
 MODES = ("window", "average")
 _BIGTIFF_BYTES = 2**31
 """Rasters larger than this are written as BigTIFF (classic TIFF offsets are 32-bit)."""
-
-
-@dataclass(frozen=True)
-class WindowsMeta:
-    """What the heatmap needs from ``windows.json``; ``kernel_size``/``stride`` in proc px.
-
-    ``outputs`` are the CSV value columns in order; ``output_names`` the C base names;
-    ``output_shape`` is ``(C,)`` or ``(C, h, w)``.
-    """
-
-    path: str
-    grid_rows: int
-    grid_cols: int
-    kernel_size: int
-    stride: int
-    proc_mpp: float | None
-    scale: float
-    outputs: tuple[str, ...]
-    output_names: tuple[str, ...]
-    output_shape: tuple[int, ...]
-
-    @property
-    def block_shape(self) -> tuple[int, int]:
-        """(height, width) in raster pixels of one window's map; (1, 1) for vector outputs."""
-        if len(self.output_shape) == 3:
-            return self.output_shape[1], self.output_shape[2]
-        return 1, 1
-
-    @property
-    def is_spatial(self) -> bool:
-        """Whether each window's output is a C×h×w map rather than a C-vector."""
-        return len(self.output_shape) == 3
-
-
-def read_meta(path: str | Path) -> WindowsMeta:
-    """Read and check the keys of ``windows.json`` that the heatmap uses.
-
-    Raises
-    ------
-    InputTableError
-        The file is missing, not JSON, lacks a key, or its outputs are inconsistent.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputTableError(str(path), exc.strerror or str(exc)) from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputTableError(str(path), f"not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputTableError(str(path), "not a windows JSON object")
-
-    def positive_int(key: str) -> int:
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputTableError(str(path), f"key {key!r} must be a positive integer")
-        return value
-
-    def names(key: str) -> tuple[str, ...]:
-        value = data.get(key)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InputTableError(str(path), f"key {key!r} must be a list of names")
-        return tuple(value)
-
-    grid_rows, grid_cols = positive_int("grid_rows"), positive_int("grid_cols")
-    kernel_size, stride = positive_int("kernel_size"), positive_int("stride")
-    proc_mpp = data.get("proc_mpp")
-    if proc_mpp is not None and (
-        isinstance(proc_mpp, bool) or not isinstance(proc_mpp, (int, float)) or proc_mpp <= 0
-    ):
-        raise InputTableError(str(path), "key 'proc_mpp' must be a positive number or null")
-    scale = data.get("scale")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-        raise InputTableError(str(path), "key 'scale' must be a positive number")
-    shape = data.get("output_shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) not in (1, 3)
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
-    ):
-        raise InputTableError(str(path), "key 'output_shape' must be [C] or [C, h, w]")
-    meta = WindowsMeta(
-        path=str(path),
-        grid_rows=grid_rows,
-        grid_cols=grid_cols,
-        kernel_size=kernel_size,
-        stride=stride,
-        proc_mpp=None if proc_mpp is None else float(proc_mpp),
-        scale=float(scale),
-        outputs=names("outputs"),
-        output_names=names("output_names"),
-        output_shape=tuple(shape),
-    )
-    if len(meta.output_names) != shape[0] or len(meta.outputs) != math.prod(shape):
-        problem = (
-            f"{len(meta.outputs)} outputs and {len(meta.output_names)} output names "
-            f"do not match output_shape {shape}"
-        )
-        raise InputTableError(str(path), problem)
-    return meta
-
-
-@dataclass(frozen=True)
-class WindowChunk:
-    """Up to :data:`CHUNK_ROWS` CSV rows: grid cells, values (n, len(outputs)) float64.
-
-    ``boxes`` (n, 4: level-0 x, y, width, height) and ``tissue`` are read only on request.
-    """
-
-    rows: np.ndarray
-    cols: np.ndarray
-    values: np.ndarray
-    boxes: np.ndarray | None = None
-    tissue: np.ndarray | None = None
-
-
-def iter_window_chunks(
-    csv_path: str | Path,
-    meta: WindowsMeta,
-    *,
-    with_geometry: bool = False,
-    chunk_rows: int = CHUNK_ROWS,
-) -> Iterator[WindowChunk]:
-    """Stream a windows CSV in chunks, checked against ``meta``.
-
-    Values are parsed as float64 (pandas' float32 path parses to float64 and casts too), so
-    callers can both cast to float32 exactly and re-print the CSV's 7 digits.
-
-    Raises
-    ------
-    InputTableError
-        Missing or malformed CSV, columns other than ``meta.outputs``, or a window outside the
-        grid.
-    """
-    path = str(csv_path)
-    head = read_header(path)
-    if tuple(head[len(META_COLUMNS) :]) != meta.outputs:
-        problem = f"output columns differ from 'outputs' in {meta.path} (another run?)"
-        raise InputTableError(path, problem)
-    dtypes: dict[str, type] = {"row": np.int64, "col": np.int64}
-    dtypes.update({name: np.float64 for name in meta.outputs})
-    if with_geometry:
-        dtypes.update({"x": np.int64, "y": np.int64, "width": np.int64, "height": np.int64})
-        dtypes["tissue"] = np.float64
-    try:
-        reader = pd.read_csv(
-            path, usecols=list(dtypes), dtype=dtypes, chunksize=chunk_rows, engine="c"
-        )
-        with reader:
-            for frame in reader:
-                values = frame[list(meta.outputs)].to_numpy(np.float64)
-                values = values.reshape(len(frame), len(meta.outputs))
-                boxes = tissue = None
-                if with_geometry:
-                    boxes = frame[["x", "y", "width", "height"]].to_numpy()
-                    tissue = frame["tissue"].to_numpy()
-                rows, cols = frame["row"].to_numpy(), frame["col"].to_numpy()
-                chunk = WindowChunk(rows, cols, values, boxes=boxes, tissue=tissue)
-                _check_cells(chunk, meta, path)
-                yield chunk
-    except (ValueError, pd.errors.ParserError, OSError) as exc:
-        problem = f"malformed windows CSV: {one_line(exc)}"
-        raise InputTableError(path, problem) from exc
-
-
-def _check_cells(chunk: WindowChunk, meta: WindowsMeta, path: str) -> None:
-    """Raise InputTableError for a window outside the grid of ``meta``."""
-    bad = (chunk.rows < 0) | (chunk.rows >= meta.grid_rows)
-    bad |= (chunk.cols < 0) | (chunk.cols >= meta.grid_cols)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        problem = (
-            f"window r{chunk.rows[i]}_c{chunk.cols[i]} is outside the "
-            f"{meta.grid_rows}x{meta.grid_cols} grid of {meta.path}"
-        )
-        raise InputTableError(path, problem)
 
 
 class WindowGrid:
@@ -214,7 +31,7 @@ class WindowGrid:
     Memory is that array plus one bool per window; not thread-safe.
     """
 
-    def __init__(self, meta: WindowsMeta, *, source: str) -> None:
+    def __init__(self, meta: WindowsRecord, *, source: str) -> None:
         self.meta = meta
         self.source = source
         h, w = meta.block_shape
@@ -289,12 +106,12 @@ def average_windows(values: np.ndarray, span: int) -> np.ndarray:
     return mean.astype(np.float32)
 
 
-def pixel_size_um(meta: WindowsMeta) -> tuple[float, float] | None:
+def pixel_size_um(meta: WindowsRecord) -> tuple[float, float] | None:
     """(x, y) size in µm of one raster pixel: ``stride · proc_mpp / (w, h)``; None if mpp unknown.
 
     Examples
     --------
-    >>> m = WindowsMeta("w.json", 2, 3, 224, 112, 0.5, 1.0, ("p",), ("p",), (1,))
+    >>> m = WindowsRecord(2, 3, 224, 112, 0.5, 1.0, ("p",), ("p",), (1,))
     >>> pixel_size_um(m)
     (56.0, 56.0)
     """

@@ -7,13 +7,18 @@ only. Rows are sorted by ``row`` then ``col``; ``x, y, width, height`` are level
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import InputTableError
+from .errors import InputTableError, one_line
+
+if TYPE_CHECKING:
+    from .record import WindowsRecord
 
 META_COLUMNS: tuple[str, ...] = (
     "patient",
@@ -33,6 +38,10 @@ VALUE_FORMAT = "%.7g"
 """printf format of model outputs: enough digits to round-trip float32 closely, short text."""
 
 TISSUE_FORMAT = "%.4f"
+
+CHUNK_ROWS = 65_536
+"""CSV rows parsed at a time by :func:`iter_window_chunks`: bounds memory whatever the
+number of windows."""
 
 
 def header(output_names: Sequence[str]) -> list[str]:
@@ -128,3 +137,81 @@ def concat_csvs(paths: Iterable[str | Path], out: str | Path) -> int:
                     dst.write(line)
                     n += 1
     return n
+
+
+@dataclass(frozen=True)
+class WindowChunk:
+    """Up to :data:`CHUNK_ROWS` CSV rows: grid cells, values (n, len(outputs)) float64.
+
+    ``boxes`` (n, 4: level-0 x, y, width, height) and ``tissue`` are read only on request.
+    """
+
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+    boxes: np.ndarray | None = None
+    tissue: np.ndarray | None = None
+
+
+def iter_window_chunks(
+    csv_path: str | Path,
+    meta: WindowsRecord,
+    *,
+    with_geometry: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[WindowChunk]:
+    """Stream a windows CSV in chunks, checked against ``meta``.
+
+    Values are parsed as float64 (pandas' float32 path parses to float64 and casts too), so
+    callers can both cast to float32 exactly and re-print the CSV's 7 digits.
+
+    Raises
+    ------
+    InputTableError
+        Missing or malformed CSV, columns other than ``meta.outputs``, or a window outside the
+        grid.
+    """
+    path = str(csv_path)
+    head = read_header(path)
+    if tuple(head[len(META_COLUMNS) :]) != meta.outputs:
+        problem = f"output columns differ from 'outputs' in {meta.path} (another run?)"
+        raise InputTableError(path, problem)
+    dtypes: dict[str, type] = {"row": np.int64, "col": np.int64}
+    dtypes.update({name: np.float64 for name in meta.outputs})
+    if with_geometry:
+        dtypes.update({"x": np.int64, "y": np.int64, "width": np.int64, "height": np.int64})
+        dtypes["tissue"] = np.float64
+    import pandas as pd  # here: the engine formats rows without paying pandas' import
+
+    try:
+        reader = pd.read_csv(
+            path, usecols=list(dtypes), dtype=dtypes, chunksize=chunk_rows, engine="c"
+        )
+        with reader:
+            for frame in reader:
+                values = frame[list(meta.outputs)].to_numpy(np.float64)
+                values = values.reshape(len(frame), len(meta.outputs))
+                boxes = tissue = None
+                if with_geometry:
+                    boxes = frame[["x", "y", "width", "height"]].to_numpy()
+                    tissue = frame["tissue"].to_numpy()
+                rows, cols = frame["row"].to_numpy(), frame["col"].to_numpy()
+                chunk = WindowChunk(rows, cols, values, boxes=boxes, tissue=tissue)
+                _check_cells(chunk, meta, path)
+                yield chunk
+    except (ValueError, OSError) as exc:  # pandas.errors.ParserError is a ValueError
+        problem = f"malformed windows CSV: {one_line(exc)}"
+        raise InputTableError(path, problem) from exc
+
+
+def _check_cells(chunk: WindowChunk, meta: WindowsRecord, path: str) -> None:
+    """Raise InputTableError for a window outside the grid of ``meta``."""
+    bad = (chunk.rows < 0) | (chunk.rows >= meta.grid_rows)
+    bad |= (chunk.cols < 0) | (chunk.cols >= meta.grid_cols)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        problem = (
+            f"window r{chunk.rows[i]}_c{chunk.cols[i]} is outside the "
+            f"{meta.grid_rows}x{meta.grid_cols} grid of {meta.path}"
+        )
+        raise InputTableError(path, problem)

@@ -15,16 +15,9 @@ from .. import __version__
 from ..colormap import COLORMAP_NAMES, DEFAULT_COLORMAP, colorize, lookup_table, value_range
 from ..errors import ConfigError
 from ..geojson import FeatureWriter
-from ..heatmap import (
-    MODES,
-    WindowGrid,
-    average_windows,
-    iter_window_chunks,
-    pixel_size_um,
-    read_meta,
-    window_span,
-    write_tiff,
-)
+from ..heatmap import MODES, WindowGrid, average_windows, pixel_size_um, window_span, write_tiff
+from ..record import read_record
+from ..table import iter_window_chunks
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the heatmaps; raise WsiprocError subclasses on bad input or failed writes."""
     csv_path = Path(args.csv)
-    meta = read_meta(args.meta if args.meta else csv_path.with_suffix(".json"))
+    meta = read_record(args.meta if args.meta else csv_path.with_suffix(".json"))
     name = args.output if args.output is not None else meta.output_names[0]
     if name not in meta.output_names:
         available = ", ".join(meta.output_names)

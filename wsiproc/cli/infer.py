@@ -64,6 +64,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="fp32",
         help="fp32 is exact; bf16/fp16 autocast is faster where supported",
     )
+    p.add_argument(
+        "--on-read-error",
+        choices=("fail", "skip"),
+        default="fail",
+        help="fail: stop at the first unreadable region; skip: NaN outputs for its windows, "
+        "counted in windows.json and flagged by QC",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: all available cores)")
     p.add_argument("--patient", default="", help="patient id written in every row")
     p.add_argument("--slide-id", default="", help="slide id written in every row (default: stem)")
@@ -114,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         reader=args.reader,
         chunk_px=args.chunk_px,
+        on_read_error=args.on_read_error,
     )
     run_inference(req)
     return 0

@@ -19,7 +19,7 @@ from .. import __version__
 from ..atomic import atomic_write
 from ..colormap import lookup_table
 from ..errors import InputTableError
-from ..heatmap import read_meta
+from ..record import read_record
 from ..table import read_header
 from . import metrics
 from .inputs import (
@@ -139,7 +139,7 @@ def build_qc(
         l0_per_px = max(l0_width, l0_height) / DISPLAY_MAX_PX
         shape = (math.ceil(l0_height / l0_per_px), math.ceil(l0_width / l0_per_px))
     rows, values, sums, counts = scan_windows(
-        windows, read_meta(meta_path), raster_shape=shape, l0_per_px=l0_per_px
+        windows, read_record(meta_path), raster_shape=shape, l0_per_px=l0_per_px
     )
     processed = int(info.get("windows_processed", rows))
     if processed != rows:

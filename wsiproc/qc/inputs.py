@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputTableError
-from ..heatmap import WindowsMeta, iter_window_chunks
+from ..record import WindowsRecord
+from ..table import iter_window_chunks
 from . import metrics
 
 
@@ -103,7 +104,7 @@ def resolve_recorded(path: str | None, base: Path) -> Path | None:
     return beside if beside.exists() else candidate
 
 
-def summary_groups(meta: WindowsMeta) -> dict[str, slice]:
+def summary_groups(meta: WindowsRecord) -> dict[str, slice]:
     """Summarised value → the slice of CSV output columns it averages.
 
     A vector output (``output_shape`` ``[C]``) summarises each column; a spatial one
@@ -112,7 +113,7 @@ def summary_groups(meta: WindowsMeta) -> dict[str, slice]:
 
     Examples
     --------
-    >>> m = WindowsMeta("w.json", 1, 1, 1, 1, None, 1.0, ("a_0_0", "a_0_1"), ("a",), (1, 1, 2))
+    >>> m = WindowsRecord(1, 1, 1, 1, None, 1.0, ("a_0_0", "a_0_1"), ("a",), (1, 1, 2))
     >>> summary_groups(m)
     {'a': slice(0, 2, None)}
     """
@@ -124,7 +125,7 @@ def summary_groups(meta: WindowsMeta) -> dict[str, slice]:
 
 def scan_windows(
     csv_path: str | Path,
-    meta: WindowsMeta,
+    meta: WindowsRecord,
     *,
     raster_shape: tuple[int, int],
     l0_per_px: float,

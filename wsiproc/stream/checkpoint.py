@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,13 @@ import numpy as np
 
 from ..atomic import atomic_write, describe_os_error
 from ..errors import OutputError
+from ..record import MAX_REGIONS, ReadErrors
+from .messages import WindowBatch
 
 RUN_FILE = "run.json"
 SPOOL_FILE = "spool.bin"
 INDEX_FILE = "done.log"
+FAILURES_FILE = "read_errors.jsonl"
 
 
 class Checkpoint:
@@ -132,6 +136,48 @@ class Checkpoint:
         cols = np.frombuffer(raw, dtype="<i4", count=n, offset=4 * n)
         values = np.frombuffer(raw, dtype="<f4", offset=8 * n).reshape(n, self.width)
         return rows, cols, values
+
+    def add_read_failures(self, batch: WindowBatch, n_windows: int) -> None:
+        """Record a batch's unreadable windows before its values reach the writer.
+
+        One fsynced line per batch, keyed by (group, batch): a group redone after a kill
+        overwrites its lines instead of counting twice; lines of groups never committed are
+        ignored by :meth:`read_failures`.
+        """
+        line = {
+            "group": batch.chunk_index,
+            "batch": batch.batch_index,
+            "windows": n_windows,
+            "regions": [asdict(f) for f in batch.failures],
+        }
+        path = self.directory / FAILURES_FILE
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise OutputError(str(path), describe_os_error(exc)) from exc
+
+    def read_failures(self) -> ReadErrors:
+        """Unreadable windows and regions of the committed groups."""
+        path = self.directory / FAILURES_FILE
+        by_batch: dict[tuple[int, int], dict[str, Any]] = {}
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return ReadErrors()
+        for text in lines:
+            try:
+                line = json.loads(text)
+                key = (int(line["group"]), int(line["batch"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # torn by a kill
+            if key[0] in self.done:
+                by_batch[key] = line
+        windows = sum(int(line["windows"]) for line in by_batch.values())
+        regions = [r for key in sorted(by_batch) for r in by_batch[key]["regions"]]
+        return ReadErrors(windows, tuple(regions[:MAX_REGIONS]))
 
     def remove(self) -> None:
         """Delete the directory once the final output is in place."""

@@ -43,12 +43,15 @@ class StreamPiece:
     ``pixels`` is (n, kernel, kernel, 3) uint8 RGB at the processing resolution; it is a view
     of shared memory, valid only until ``process_piece`` returns (copy what you keep).
     ``rows``/``cols`` are grid cells and ``l0_boxes`` their level-0 ``x, y, width, height``.
+    ``unreadable`` (only under ``--on-read-error skip``, else None) marks windows whose pixels
+    could not be decoded: they are white here and their outputs are replaced by NaN.
     """
 
     pixels: np.ndarray
     rows: np.ndarray
     cols: np.ndarray
     l0_boxes: np.ndarray
+    unreadable: np.ndarray | None = None
 
 
 class StreamCollector(abc.ABC):

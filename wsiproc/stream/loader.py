@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import SlideReadError, WsiprocError
 from ..grid import Chunk, Grid
 from ..level import LevelPlan
-from .messages import GroupTask, LoaderDone, LoaderFailed, WindowBatch
+from .messages import ChunkTask, GroupTask, LoaderDone, LoaderFailed, ReadFailure, WindowBatch
 from .shm import SlotPool
 from .worker import get_while_parent_alive, quiet_signals
 
@@ -33,6 +33,7 @@ class LoaderJob:
     batch_size: int
     shm_path: str
     n_slots: int
+    skip_read_errors: bool = False
 
 
 def read_chunk(slide: Any, plan: LevelPlan, grid: Grid, chunk: Chunk) -> np.ndarray:
@@ -72,13 +73,21 @@ class _BatchFiller:
         self.slot: int | None = None
         self.rows: list[int] = []
         self.cols: list[int] = []
+        self.unreadable: list[bool] = []
+        self.failures: list[ReadFailure] = []
 
-    def add(self, window: np.ndarray, row: int, col: int) -> None:
+    def add(self, window: np.ndarray | None, row: int, col: int) -> None:
+        """Copy one window into the slot; None: unreadable (white pixels, NaN outputs)."""
         if self.slot is None:
             self.slot = get_while_parent_alive(self.free_slots, self.parent_pid)
-        self.pool.view(self.slot)[len(self.rows)] = window
+        view = self.pool.view(self.slot)[len(self.rows)]
+        if window is None:
+            view[...] = 255
+        else:
+            view[...] = window
         self.rows.append(row)
         self.cols.append(col)
+        self.unreadable.append(window is None)
         if len(self.rows) == self.job.batch_size:
             self.flush()
 
@@ -93,11 +102,52 @@ class _BatchFiller:
                 slot=self.slot,
                 rows=np.asarray(self.rows, dtype=np.int32),
                 cols=np.asarray(self.cols, dtype=np.int32),
+                unreadable=np.asarray(self.unreadable) if any(self.unreadable) else None,
+                failures=tuple(self.failures),
             )
         )
         self.batch_index += 1
         self.slot = None
-        self.rows, self.cols = [], []
+        self.rows, self.cols, self.unreadable, self.failures = [], [], [], []
+
+
+def _emit_chunk(slide: Any, job: LoaderJob, task: ChunkTask, batch: _BatchFiller) -> None:
+    """Read one chunk (only the bounding box of its kept windows) and add its windows.
+
+    With ``skip_read_errors``, a chunk that fails to decode is read again window by window
+    (the slide reopens after each failure), so only the windows that touch the bad region
+    are lost.
+    """
+    chunk = task.chunk
+    k, s = job.grid.kernel_px, job.grid.stride_px
+    local_r, local_c = np.nonzero(task.keep)
+    r0, c0 = int(local_r.min()), int(local_c.min())
+    box = Chunk(
+        chunk.index,
+        chunk.row0 + r0,
+        chunk.col0 + c0,
+        int(local_r.max()) - r0 + 1,
+        int(local_c.max()) - c0 + 1,
+    )
+    try:
+        pixels = read_chunk(slide, job.plan, job.grid, box)
+    except SlideReadError:
+        if not job.skip_read_errors:
+            raise
+    else:
+        for lr, lc in zip(local_r.tolist(), local_c.tolist(), strict=True):
+            y, x = (lr - r0) * s, (lc - c0) * s
+            batch.add(pixels[y : y + k, x : x + k], chunk.row0 + lr, chunk.col0 + lc)
+        return
+    for lr, lc in zip(local_r.tolist(), local_c.tolist(), strict=True):
+        row, col = chunk.row0 + lr, chunk.col0 + lc
+        try:
+            window = read_chunk(slide, job.plan, job.grid, Chunk(chunk.index, row, col, 1, 1))
+        except SlideReadError as exc:
+            level, x, y, w, h = exc.region
+            batch.failures.append(ReadFailure(level, x, y, w, h, exc.problem))
+            window = None
+        batch.add(window, row, col)
 
 
 def run_loader(
@@ -122,7 +172,6 @@ def run_loader(
             job.shm_path, job.n_slots, (job.batch_size, job.grid.kernel_px, job.grid.kernel_px, 3)
         )
         slide = Slide(job.slide_path, reader=job.reader)
-        k, s = job.grid.kernel_px, job.grid.stride_px
         while True:
             group: GroupTask | None = get_while_parent_alive(tasks, parent_pid)
             if group is None:
@@ -130,21 +179,7 @@ def run_loader(
             n_batches = math.ceil(group.n_windows / job.batch_size)
             batch = _BatchFiller(job, pool, free_slots, ready, group.index, n_batches, parent_pid)
             for task in group.chunks:
-                chunk = task.chunk
-                local_r, local_c = np.nonzero(task.keep)
-                # Read only the bounding box of the kept windows (edge-of-tissue chunks shrink).
-                r0, c0 = int(local_r.min()), int(local_c.min())
-                box = Chunk(
-                    chunk.index,
-                    chunk.row0 + r0,
-                    chunk.col0 + c0,
-                    int(local_r.max()) - r0 + 1,
-                    int(local_c.max()) - c0 + 1,
-                )
-                pixels = read_chunk(slide, job.plan, job.grid, box)
-                for lr, lc in zip(local_r.tolist(), local_c.tolist(), strict=True):
-                    y, x = (lr - r0) * s, (lc - c0) * s
-                    batch.add(pixels[y : y + k, x : x + k], chunk.row0 + lr, chunk.col0 + lc)
+                _emit_chunk(slide, job, task, batch)
             batch.flush()
         ready.put(LoaderDone(worker))
     except SlideReadError as exc:

@@ -36,8 +36,25 @@ class GroupTask:
 
 
 @dataclass(frozen=True)
+class ReadFailure:
+    """A region that could not be decoded (level pixels) and the decoder's reason."""
+
+    level: int
+    x: int
+    y: int
+    width: int
+    height: int
+    problem: str
+
+
+@dataclass(frozen=True)
 class WindowBatch:
-    """Windows of group ``chunk_index`` in shared-memory slot ``slot``; batch i of n_batches."""
+    """Windows of group ``chunk_index`` in shared-memory slot ``slot``; batch i of n_batches.
+
+    Under ``--on-read-error skip``, ``unreadable`` marks windows whose pixels could not be
+    read (their slot rows are white; their outputs become NaN) and ``failures`` lists the
+    regions found since the previous batch.
+    """
 
     chunk_index: int
     batch_index: int
@@ -45,6 +62,8 @@ class WindowBatch:
     slot: int
     rows: np.ndarray
     cols: np.ndarray
+    unreadable: np.ndarray | None = None
+    failures: tuple[ReadFailure, ...] = ()
 
 
 @dataclass(frozen=True)

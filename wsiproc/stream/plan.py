@@ -1,0 +1,164 @@
+"""What one inference run will do, decided before any process starts: pure and testable alone.
+
+From the level plan, the window parameters and the tissue mask, the planner fixes the grid,
+the chunks, each window's tissue fraction, which windows go through the model, how they are
+grouped into batches and checkpoints, and the fingerprint a checkpoint must match to be
+resumed. Nothing here reads pixels or starts processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..grid import Chunk, Grid, plan_chunks
+from ..record import WINDOWS_FORMAT
+from ..tissue import window_tissue_fractions
+from .messages import ChunkTask, GroupTask
+
+GROUP_BATCHES = 4
+"""Full batches per group (the unit of batching and checkpointing): few partial batches,
+yet fine-grained enough to balance loaders and lose little work on a kill."""
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """The windows of one run and how they are read, batched and checkpointed.
+
+    ``tissue`` is each window's tissue fraction rounded as the CSV prints it (so the
+    ``min_tissue`` threshold sees what the user sees); ``keep`` marks windows to process.
+    """
+
+    grid: Grid
+    tile_px: int | None
+    chunks: tuple[Chunk, ...]
+    tissue: np.ndarray
+    keep: np.ndarray
+    groups: tuple[GroupTask, ...]
+
+    @property
+    def windows_to_process(self) -> int:
+        """Windows that pass the tissue threshold."""
+        return int(self.keep.sum())
+
+
+def window_tissue(grid: Grid, mask: np.ndarray | None, l0_width: int, l0_height: int) -> np.ndarray:
+    """(rows, cols) float32 tissue fraction of every window from a thumbnail-sized mask.
+
+    ``mask`` None (no window, or no mask needed) gives zeros.
+    """
+    tissue = np.zeros((grid.rows, grid.cols), dtype=np.float32)
+    if grid.rows and grid.cols and mask is not None:
+        sx, sy = l0_width / mask.shape[1], l0_height / mask.shape[0]
+        rr, cc = np.mgrid[0 : grid.rows, 0 : grid.cols]
+        boxes = grid.l0_boxes(rr.ravel(), cc.ravel())
+        tissue = window_tissue_fractions(mask, sx, sy, boxes).reshape(grid.rows, grid.cols)
+    return np.round(tissue, 4).astype(np.float32)
+
+
+def plan_stream(
+    grid: Grid,
+    tissue: np.ndarray,
+    *,
+    min_tissue: float,
+    batch_size: int,
+    chunk_px: int,
+    tile_px: int | None,
+) -> StreamPlan:
+    """Chunks, keep mask and groups for ``grid`` given each window's tissue fraction.
+
+    ``tile_px`` (the slide's tile size, when windows are read without resizing) aligns chunks
+    to tiles so no tile is decoded twice.
+    """
+    chunks = tuple(plan_chunks(grid, chunk_px, tile_px))
+    keep = tissue >= min_tissue if min_tissue > 0 else np.ones_like(tissue, dtype=bool)
+    groups = tuple(plan_groups(list(chunks), keep, batch_size))
+    return StreamPlan(grid, tile_px, chunks, tissue, keep, groups)
+
+
+def plan_groups(chunks: list[Chunk], keep: np.ndarray, batch_size: int) -> list[GroupTask]:
+    """Consecutive chunks with tissue, grouped until each holds ``GROUP_BATCHES`` batches.
+
+    Depends only on the keep mask and parameters, never on workers or on a resume, so batch
+    composition (and thus every output bit) is reproducible.
+    """
+    target = GROUP_BATCHES * batch_size
+    groups: list[GroupTask] = []
+    current: list[ChunkTask] = []
+    count = 0
+    for chunk in chunks:
+        sub = keep[chunk.row0 : chunk.row0 + chunk.n_rows, chunk.col0 : chunk.col0 + chunk.n_cols]
+        n_keep = int(sub.sum())
+        if n_keep == 0:
+            continue
+        current.append(ChunkTask(chunk, np.ascontiguousarray(sub)))
+        count += n_keep
+        if count >= target:
+            groups.append(GroupTask(len(groups), tuple(current), count))
+            current, count = [], 0
+    if current:
+        groups.append(GroupTask(len(groups), tuple(current), count))
+    return groups
+
+
+def slide_stamp(path: str) -> dict[str, Any]:
+    """File identity for the fingerprint: a replaced slide never resumes an old checkpoint."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Everything that decides the output bits of a run, as actually used (not as asked).
+
+    ``device`` is the resolved device (``cuda``, never ``auto``), ``reader`` the reader the
+    slide was opened with, ``model_identity`` includes a model file's content hash: a job
+    killed at a time limit and rerun on another node type starts afresh instead of mixing.
+    """
+
+    slide: dict[str, Any]
+    plan: dict[str, Any]
+    kernel_px: int
+    stride_px: int
+    border: str
+    min_tissue: float
+    model: str
+    model_identity: str
+    outputs: tuple[str, ...]
+    batch_size: int
+    precision: str
+    device: str
+    reader: str
+    chunk_px: int
+    tile_px: int | None
+    on_read_error: str
+    patient: str
+    slide_id: str
+
+
+def fingerprint(identity: RunIdentity) -> dict[str, Any]:
+    """The JSON object a checkpoint must match exactly to be resumed."""
+    return {
+        "format": WINDOWS_FORMAT,
+        "wsiproc": __version__,
+        "slide": identity.slide,
+        "plan": identity.plan,
+        "grid": [identity.kernel_px, identity.stride_px, identity.border],
+        "min_tissue": identity.min_tissue,
+        "model": identity.model,
+        "model_identity": identity.model_identity,
+        "outputs": list(identity.outputs),
+        "batch_size": identity.batch_size,
+        "precision": identity.precision,
+        "device": identity.device,
+        "reader": identity.reader,
+        "chunk_px": identity.chunk_px,
+        "tile_px": identity.tile_px,
+        "on_read_error": identity.on_read_error,
+        "patient": identity.patient,
+        "slide_id": identity.slide_id,
+    }
