@@ -54,3 +54,22 @@ class StopEarly(StreamCollector):
 
     def is_finished(self) -> bool:
         return len(type(self).processed) >= self.LIMIT
+
+
+class ReusedBuffer(StreamCollector):
+    """Mean RGB written into one output buffer that is reused for every piece, as a
+    collector with a preallocated (pinned, say) output array does."""
+
+    output_names = ("mean_r", "mean_g", "mean_b")
+
+    def __init__(self) -> None:
+        self.buffer = np.zeros((0, 3), dtype=np.float32)
+
+    def process_piece(self, piece: StreamPiece) -> np.ndarray:
+        time.sleep(float(os.environ.get(SLEEP_ENV, "0")))
+        n = piece.pixels.shape[0]
+        if self.buffer.shape[0] < n:
+            self.buffer = np.zeros((n, 3), dtype=np.float32)
+        out = self.buffer[:n]
+        out[...] = mean_rgb(piece.pixels)
+        return out

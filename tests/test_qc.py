@@ -100,8 +100,9 @@ def test_flags_order_and_thresholds():
         blur_score=1.0,
         pen_fraction=0.5,
         mpp_source="fallback",
+        read_error_windows=3,
     )
-    assert result == ["no_tissue", "blurry", "pen_marks", "missing_mpp"]
+    assert result == ["no_windows", "blurry", "pen_marks", "read_errors", "missing_mpp"]
     ok = metrics.flags(
         tissue_percent=50.0,
         windows_processed=10,
@@ -291,7 +292,7 @@ def test_qc_flags_pen_fallback_mpp_and_empty_slide(cohort):
     code, out = run_qc(cohort["empty"])
     assert code == 0
     record = json.loads(out.read_text())
-    assert record["flags"] == ["no_tissue"]
+    assert record["flags"] == ["no_windows", "no_tissue"]
     assert record["windows_processed"] == 0 and record["blur_score"] is None
 
 
@@ -352,7 +353,7 @@ def test_report_links_every_slide_and_writes_sorted_tsv(cohort, tmp_path):
     with open(tsv, newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     assert [r["slide_id"] for r in rows] == ["S0", "S1", "S2"]
-    assert [r["flags"] for r in rows] == ["no_tissue", "OK", "pen_marks,missing_mpp"]
+    assert [r["flags"] for r in rows] == ["no_windows,no_tissue", "OK", "pen_marks,missing_mpp"]
     assert rows[1]["windows_processed"] == str(cohort["clean"]["processed"])
 
 

@@ -206,7 +206,8 @@ def test_corrupt_tile_raises_read_error_then_slide_still_reads(corrupt_slide, re
             assert_one_line_naming(err.value, path)
             assert "region" in str(err.value)
             assert err.value.region == (0, tx + 10, ty + 20, 64, 64)
-            assert f"x={tx + 10} y={ty + 20}" in str(err.value)
+            assert f"(level 0, region {tx + 10},{ty + 20} 64×64)" in str(err.value)
+            assert "corrupt or truncated tile" in str(err.value)
             # Reopened: other regions read, and give the same pixels as before the error.
             assert np.array_equal(slide.read_region_rgb(0, 0, 0, 200, 150), before)
             assert slide.read_region_rgb(0, tx + tw, ty, 64, 64).shape == (64, 64, 3)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SlideOpenError, SlideReadError
+from .errors import SlideOpenError, SlideReadError, decoder_problem
 
 PYVIPS_VENDORS = frozenset({"generic-tiff", "aperio"})
 """OpenSlide vendors whose levels libvips' tiffload reads as plain TIFF pages."""
@@ -108,7 +108,7 @@ class Slide:
         except openslide.OpenSlideUnsupportedFormatError as exc:
             raise SlideOpenError(self.path, "not a slide format OpenSlide can read") from exc
         except (openslide.OpenSlideError, OSError) as exc:
-            raise SlideOpenError(self.path, f"cannot open slide: {exc}") from exc
+            raise SlideOpenError(self.path, f"cannot open slide: {decoder_problem(exc)}") from exc
         props = self._osr.properties
         vendor = props.get("openslide.vendor")
         self.reader = "openslide"
@@ -197,7 +197,7 @@ class Slide:
             else:
                 inner = self._read_openslide(level, x0, y0, x1 - x0, y1 - y0)
         except Exception as exc:  # noqa: BLE001 - translated: every reader error is a read error
-            problem = _one_line(exc)
+            problem = decoder_problem(exc)
             region = (level, x0, y0, x1 - x0, y1 - y0)
             try:
                 self.close()
@@ -257,16 +257,9 @@ class Slide:
                 return np.frombuffer(raw, dtype=np.uint8).reshape(img.height, img.width, 3)
             pil = self._osr.get_thumbnail((max_size, max_size))
         except Exception as exc:  # noqa: BLE001 - translated to a one-line read error
-            region = (-1, 0, 0, self.info.width, self.info.height)
-            raise SlideReadError(self.path, region, f"thumbnail: {exc}") from exc
+            problem = f"cannot make the thumbnail: {decoder_problem(exc)}"
+            raise SlideReadError(self.path, None, problem) from exc
         return np.asarray(pil.convert("RGB"))
-
-
-def _one_line(exc: BaseException) -> str:
-    """A decoder's error as one line: libvips puts the cause after a generic first line."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    lines = [ln for ln in lines if ln != "unable to write to memory"]
-    return "; ".join(lines[:3]) if lines else type(exc).__name__
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:

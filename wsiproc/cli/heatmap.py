@@ -11,6 +11,8 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from .. import __version__
 from ..colormap import COLORMAP_NAMES, DEFAULT_COLORMAP, colorize, lookup_table, value_range
 from ..errors import ConfigError
@@ -87,8 +89,12 @@ def run(args: argparse.Namespace) -> int:
                 writer.write(chunk.rows, chunk.cols, chunk.boxes, chunk.tissue, chunk.values)
 
     raster = grid.values
-    if args.mode == "average":
+    if args.mode == "average" and raster.size:
         raster = average_windows(raster, window_span(meta.kernel_size, meta.stride))
+    if not raster.shape[0] or not raster.shape[1]:
+        # No window (slide smaller than one window): one transparent pixel, so every later
+        # stage and every viewer still opens the TIFFs.
+        raster = np.full((1, 1, raster.shape[2]), np.nan, dtype=np.float32)
     pixel_um = pixel_size_um(meta)
     if pixel_um is None:
         log.warning("%s: proc_mpp is null; TIFFs get ResolutionUnit NONE", meta.path)

@@ -138,9 +138,8 @@ def build_qc(
     else:
         l0_per_px = max(l0_width, l0_height) / DISPLAY_MAX_PX
         shape = (math.ceil(l0_height / l0_per_px), math.ceil(l0_width / l0_per_px))
-    rows, values, sums, counts = scan_windows(
-        windows, read_record(meta_path), raster_shape=shape, l0_per_px=l0_per_px
-    )
+    run = read_record(meta_path)
+    rows, values, sums, counts = scan_windows(windows, run, raster_shape=shape, l0_per_px=l0_per_px)
     processed = int(info.get("windows_processed", rows))
     if processed != rows:
         notes.append(f"windows.json says {processed} windows processed, the CSV has {rows} rows")
@@ -177,6 +176,8 @@ def build_qc(
         "windows_processed": processed,
         "windows_skipped": info.get("windows_skipped"),
         "csv_rows": rows,
+        "read_error_windows": run.read_errors.windows,
+        "read_error_regions": list(run.read_errors.regions[:20]),
         "tissue_percent": tissue_pct,
         "blur_score": blur,
         "pen_fraction": pen,
@@ -196,6 +197,7 @@ def build_qc(
             blur_score=blur,
             pen_fraction=pen,
             mpp_source=mpp_source,
+            read_error_windows=run.read_errors.windows,
             min_tissue_percent=thresholds.min_tissue_percent,
             blur_threshold=thresholds.blur_threshold,
             pen_threshold=thresholds.pen_threshold,

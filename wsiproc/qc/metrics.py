@@ -49,7 +49,7 @@ BLACK_INK_MAX_VALUE = 0.2
 SUMMARY_KEYS = ("count", "nan", "mean", "std", "min", "p5", "median", "p95", "max")
 """Keys of each :func:`output_summary` entry, in report order."""
 
-FLAGS = ("no_tissue", "blurry", "pen_marks", "missing_mpp")
+FLAGS = ("no_windows", "no_tissue", "blurry", "pen_marks", "read_errors", "missing_mpp")
 """Every flag :func:`flags` can return, in the order it returns them."""
 
 
@@ -328,31 +328,37 @@ def flags(
     blur_score: float,
     pen_fraction: float,
     mpp_source: str | None,
+    read_error_windows: int = 0,
     min_tissue_percent: float = MIN_TISSUE_PERCENT,
     blur_threshold: float = BLUR_THRESHOLD,
     pen_threshold: float = PEN_THRESHOLD,
 ) -> list[str]:
     """QC flags of one slide, in the order of :data:`FLAGS`; an empty list means OK.
 
-    ``no_tissue``: tissue below ``min_tissue_percent`` % or no window processed. ``blurry``:
-    blur score below ``blur_threshold``. ``pen_marks``: ink fraction above ``pen_threshold``.
-    ``missing_mpp``: the level's mpp did not come from slide metadata. A NaN metric (unknown)
-    raises no flag of its own.
+    ``no_windows``: no window went through the model (slide smaller than one window, no
+    tissue, or every window under ``min_tissue``): a result, not an error. ``no_tissue``:
+    tissue below ``min_tissue_percent`` % of the thumbnail. ``blurry``: blur score below
+    ``blur_threshold``. ``pen_marks``: ink fraction above ``pen_threshold``. ``read_errors``:
+    windows skipped as unreadable (``--on-read-error skip``). ``missing_mpp``: the level's mpp
+    did not come from slide metadata. A NaN metric (unknown) raises no flag of its own.
 
     Examples
     --------
     >>> flags(tissue_percent=0.0, windows_processed=0, blur_score=float("nan"),
     ...       pen_fraction=0.0, mpp_source="metadata")
-    ['no_tissue']
+    ['no_windows', 'no_tissue']
     """
     out: list[str] = []
-    low_tissue = math.isfinite(tissue_percent) and tissue_percent < min_tissue_percent
-    if low_tissue or windows_processed <= 0:
+    if windows_processed <= 0:
+        out.append("no_windows")
+    if math.isfinite(tissue_percent) and tissue_percent < min_tissue_percent:
         out.append("no_tissue")
     if math.isfinite(blur_score) and blur_score < blur_threshold:
         out.append("blurry")
     if math.isfinite(pen_fraction) and pen_fraction > pen_threshold:
         out.append("pen_marks")
+    if read_error_windows > 0:
+        out.append("read_errors")
     if mpp_source != "metadata":
         out.append("missing_mpp")
     return out

@@ -217,9 +217,7 @@ class Pipeline:
                     f"{WRITER_CLOSE_TIMEOUT_S:g} s (file system stuck?)"
                 )
             if self.writer.exitcode != 0:
-                raise WorkerError(
-                    f"{ckpt.directory}: writer exited with code {self.writer.exitcode}"
-                )
+                raise self._writer_died()
         finally:
             progress.close()
         ckpt.reload()  # what the writer process committed
@@ -307,7 +305,13 @@ class Pipeline:
                         ) from None
 
     def _put_piece(self, msg: Any) -> None:
-        """Put on the bounded writer queue; fail if the writer died meanwhile."""
+        """Put on the bounded writer queue; fail if the writer died meanwhile.
+
+        Checked before every put: a dead writer's queue still accepts pieces, and the
+        collector would otherwise run to the end of the slide for nothing.
+        """
+        if not self.writer.is_alive():
+            raise self._writer_died()
         while True:
             try:
                 self.pieces.put(msg, timeout=1.0)
