@@ -469,6 +469,20 @@ def test_changed_command_does_not_resume_stale_checkpoint(
     assert len(rows) == conv2d_len(1107, 64, stride) * conv2d_len(1531, 64, stride)
 
 
+def test_rerun_with_another_reader_starts_afresh(tiff_slide, killed_run, monkeypatch):
+    """The fingerprint holds the reader actually used: a resumed run never mixes readers."""
+    monkeypatch.setenv("WSIPROC_TEST_SLEEP", "0")
+    killed_run.restore()
+    run = json.loads((partial_dir(killed_run.out) / "run.json").read_text())
+    assert run["reader"] == "pyvips" and run["device"] == "collector"
+    out = killed_run.out
+    assert (
+        infer(tiff_slide, out, KILL_KERNEL, KILL_STRIDE, *KILL_ARGS, "--reader", "openslide") == 0
+    )
+    meta = read_meta(out)
+    assert meta["resumed_windows"] == 0 and meta["reader"] == "openslide"
+
+
 def test_checkpoint_drops_torn_tail_and_resets_on_new_fingerprint(tmp_path):
     directory = tmp_path / "w.csv.partial"
     ckpt = Checkpoint(directory, {"run": 1}, width=2)
@@ -487,6 +501,13 @@ def test_checkpoint_drops_torn_tail_and_resets_on_new_fingerprint(tmp_path):
     assert (directory / INDEX_FILE).read_bytes().count(b"\n") == 3
     fresh = Checkpoint(directory, {"run": 2}, width=2)
     assert fresh.done == {}
+    (directory / "run.json").write_text("{garbage")  # a damaged fingerprint: never trusted
+    assert Checkpoint(directory, {"run": 2}, width=2).done == {}
+    damaged = Checkpoint(directory, {"run": 2}, width=2)
+    damaged.append(0, np.arange(4, dtype=np.int32), np.arange(4, dtype=np.int32),
+                   np.zeros((4, 2), dtype=np.float32))  # fmt: skip
+    (directory / INDEX_FILE).write_bytes(b"0 0 99\n")  # an index line past the spool's end
+    assert Checkpoint(directory, {"run": 2}, width=2).done == {}
 
 
 # --------------------------------------------------------------------------- failures

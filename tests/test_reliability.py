@@ -142,6 +142,44 @@ def test_killed_loader_or_writer_fails_fast_and_rerun_is_byte_identical(
     assert out.read_bytes() == fresh.read_bytes()
 
 
+def test_ctrl_c_stops_every_process_keeps_the_checkpoint_and_the_rerun_resumes(
+    tiff_slide, tmp_path
+):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group."""
+    out = tmp_path / "windows.csv"
+    proc = start("infer", tiff_slide, "--out", out, "--quiet", *SLOW_ARGS)
+    try:
+        wait_for_groups(proc, out, 1)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130
+    assert err.strip() == "error: interrupted"
+    assert not out.exists() and (partial_dir(out) / INDEX_FILE).stat().st_size > 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _group_alive(proc.pid):
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid), "loader or writer processes left behind"
+    assert not list(Path("/dev/shm").glob(f"wsiproc-{proc.pid}-*.slots"))
+    resumed = run("infer", tiff_slide, "--out", out, "--quiet", *SLOW_ARGS)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["resumed_windows"] > 0
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process of process group ``pgid`` is left."""
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return False
+
+
 # ------------------------------------------------------------------ one writer per output
 
 
