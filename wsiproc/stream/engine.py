@@ -22,7 +22,6 @@ from ..grid import Grid
 from ..level import LevelPlan, LevelSpec, select_level
 from ..record import WindowsRecord, record_path
 from ..slide import Slide
-from ..tissue import THUMBNAIL_PX, tissue_mask
 from .assemble import assemble_csv
 from .checkpoint import Checkpoint
 from .collector import ModelCollector, StreamCollector, StreamInfo, make_collector
@@ -172,6 +171,9 @@ def _run_inference(req: InferRequest) -> InferResult:
 
 def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResult:
     """Plan, resume, stream, assemble, record."""
+    # scipy (a quarter second) only now: a run refused by the output lock never pays for it.
+    from ..tissue import THUMBNAIL_PX, tissue_mask
+
     slide_id = req.slide_id or Path(req.slide).stem
     with Slide(req.slide, reader=req.reader) as slide:
         info = slide.info

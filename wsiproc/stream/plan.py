@@ -17,7 +17,6 @@ import numpy as np
 from .. import __version__
 from ..grid import Chunk, Grid, plan_chunks
 from ..record import WINDOWS_FORMAT
-from ..tissue import window_tissue_fractions
 from .messages import ChunkTask, GroupTask
 
 GROUP_BATCHES = 4
@@ -53,6 +52,8 @@ def window_tissue(grid: Grid, mask: np.ndarray | None, l0_width: int, l0_height:
     """
     tissue = np.zeros((grid.rows, grid.cols), dtype=np.float32)
     if grid.rows and grid.cols and mask is not None:
+        from ..tissue import window_tissue_fractions  # scipy: only once there is a mask
+
         sx, sy = l0_width / mask.shape[1], l0_height / mask.shape[0]
         rr, cc = np.mgrid[0 : grid.rows, 0 : grid.cols]
         boxes = grid.l0_boxes(rr.ravel(), cc.ravel())
