@@ -142,6 +142,28 @@ def test_killed_loader_or_writer_fails_fast_and_rerun_is_byte_identical(
     assert out.read_bytes() == fresh.read_bytes()
 
 
+def test_killed_main_process_leaves_no_orphans_and_rerun_resumes(tiff_slide, tmp_path):
+    """Only the engine's own process dies (the OOM killer picks the largest): its loaders and
+    writer notice that their parent is gone and exit."""
+    out = tmp_path / "windows.csv"
+    proc = start("infer", tiff_slide, "--out", out, "--quiet", *SLOW_ARGS)
+    try:
+        wait_for_groups(proc, out, 1)
+        children = psutil.Process(proc.pid).children()
+        assert len(children) >= 3  # two loaders and the writer
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"orphans left: {alive}"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not out.exists()
+    resumed = run("infer", tiff_slide, "--out", out, "--quiet", *SLOW_ARGS)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["resumed_windows"] > 0
+
+
 def test_ctrl_c_stops_every_process_keeps_the_checkpoint_and_the_rerun_resumes(
     tiff_slide, tmp_path
 ):
