@@ -233,10 +233,10 @@ def make_slide_inputs(
     return {"dir": d, "processed": int(keep.sum()), "total": len(rows)}
 
 
-def run_qc(paths: dict, *extra: str) -> tuple[int, Path]:
+def run_qc(paths: dict, *extra: str, out: Path | None = None) -> tuple[int, Path]:
     """Run ``wsiproc qc`` on one synthetic slide; return (exit code, qc.json path)."""
     d = paths["dir"]
-    out = d / "qc" / "qc.json"
+    out = out or d / "qc" / "qc.json"
     argv = [
         "qc",
         str(d / "slide.svs"),
@@ -335,21 +335,44 @@ def test_qc_runtime_from_windows_json_without_benchmark(cohort):
     assert record["runtime_s"] == 3.0 and record["runtime_source"] == "windows.json"
 
 
+def report_argv(root: Path, slides: list[str]) -> list[str]:
+    """``wsiproc report`` argv for a sheet of ``slides`` (patient ``P-<slide>``) under ``root``."""
+    sheet = root / "samples.tsv"
+    sheet.write_text("patient\tslide\tpath\n" + "".join(f"P-{s}\t{s}\t{s}.svs\n" for s in slides))
+    results = root / "results"
+    return [
+        "report",
+        *("--sheet", str(sheet), "--results", str(results), "--logs", str(root / "logs")),
+        *("--out-html", str(results / "report.html"), "--out-tsv", str(results / "summary.tsv")),
+    ]
+
+
+def finished_slide_dir(root: Path, slide: str) -> Path:
+    """``results/P-<slide>/<slide>/`` with the markers of the stages before qc, in chain order."""
+    folder = root / "results" / f"P-{slide}" / slide
+    folder.mkdir(parents=True)
+    for marker in ("level.json", "windows.json", "heatmap_rgb.tif"):
+        (folder / marker).write_text("{}")
+    return folder
+
+
 def test_report_links_every_slide_and_writes_sorted_tsv(cohort, tmp_path):
+    root = tmp_path / "cohort"
     qc_jsons = []
     for paths in cohort.values():
-        code, out = run_qc(paths)
+        folder = finished_slide_dir(root, paths["dir"].name)
+        code, out = run_qc(paths, out=folder / "qc.json")
         assert code == 0
         qc_jsons.append(str(out))
-    report = tmp_path / "cohort" / "report.html"
-    tsv = tmp_path / "cohort" / "summary.tsv"
-    assert main(["report", "--out-html", str(report), "--out-tsv", str(tsv), *qc_jsons]) == 0
+    argv = report_argv(root, [p["dir"].name for p in cohort.values()])
+    assert main(argv) == 0
+    report, tsv = root / "results" / "report.html", root / "results" / "summary.tsv"
     page = report.read_text()
     for qc_json in qc_jsons:
         rel = os.path.relpath(Path(qc_json).with_suffix(".html"), report.parent)
         assert f'href="{Path(rel).as_posix()}"' in page
         assert (report.parent / rel).exists()
-    assert "3 slides, 2 flagged." in page
+    assert "3 slides: 1 ok, 2 flagged, 0 failed" in page
     with open(tsv, newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     assert [r["slide_id"] for r in rows] == ["S0", "S1", "S2"]
@@ -368,11 +391,10 @@ def test_qc_missing_windows_csv_is_one_error_line(cohort, capsys):
 
 
 def test_report_rejects_non_qc_json(tmp_path, capsys):
-    bogus = tmp_path / "x.json"
-    bogus.write_text("{}")
-    argv = ["report", "--out-html", str(tmp_path / "r.html"), "--out-tsv", str(tmp_path / "s.tsv")]
-    assert main([*argv, str(bogus)]) == 1
-    assert "x.json" in capsys.readouterr().err
+    bogus = finished_slide_dir(tmp_path, "S1") / "qc.json"
+    bogus.write_text('{"flags": []}')
+    assert main(report_argv(tmp_path, ["S1"])) == 1
+    assert str(bogus) in capsys.readouterr().err
 
 
 def test_qc_negative_threshold_is_config_error(cohort, capsys):

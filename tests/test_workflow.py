@@ -9,6 +9,7 @@ so the rules find the same ``wsiproc`` (and snakefmt finds ``shfmt``). Every run
 from __future__ import annotations
 
 import collections
+import html
 import json
 import os
 import re
@@ -19,12 +20,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import openslide
 import pandas as pd
 import pytest
 import yaml
 
+from wsiproc import synth, synth_files
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
+DEFAULT_PROFILE = REPO / "workflow" / "profiles" / "default"
 BIN_DIR = os.path.dirname(sys.executable)
 
 #: Files each slide gets in {outdir}/{patient}/{slide}/.
@@ -52,8 +57,11 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the workflow in ``workdir`` with 2 cores and no workflow profile."""
+def snakemake(
+    workdir: Path, *args: str, timeout: int = 900, merged: bool = False
+) -> subprocess.CompletedProcess:
+    """Run the workflow in ``workdir`` with 2 cores and no workflow profile (unless ``args``
+    name one); ``merged`` puts stderr into stdout, in the order a terminal shows them."""
     cmd = [
         sys.executable,
         "-m",
@@ -69,7 +77,13 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
         *args,
     ]
     return subprocess.run(
-        cmd, cwd=workdir, env=tool_env(), capture_output=True, text=True, timeout=timeout
+        cmd,
+        cwd=workdir,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -410,21 +424,55 @@ def test_runtime_knob_change_reruns_nothing(
 
 
 @pytest.mark.slow
-def test_unreadable_slide_fails_alone_with_keep_going(demo: dict, tmp_path: Path) -> None:
-    """One slide of garbage bytes: its jobs fail, every other slide still completes."""
+def test_edited_sheet_reruns_only_the_report(demo: dict) -> None:
+    sheet = Path(demo["config"]["samples"])
+    before, stat = sheet.read_text(), sheet.stat()
+    header, *rows = before.splitlines(keepends=True)
+    try:
+        sheet.write_text(header + "".join(reversed(rows)))
+        jobs = dry_run(demo["workdir"], demo["configfile"])
+    finally:
+        sheet.write_text(before)
+        os.utime(sheet, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert sorted(jobs) == [("all", ""), ("report", "")]
+
+
+def summary_table(outdir: Path) -> dict[str, dict[str, str]]:
+    """The rows of ``summary.tsv`` by slide id."""
+    table = pd.read_csv(outdir / "summary.tsv", sep="\t", dtype=str, keep_default_na=False)
+    return {row["slide_id"]: row for row in table.to_dict("records")}
+
+
+def last_lines(proc: subprocess.CompletedProcess, n: int = 2) -> list[str]:
+    """The last ``n`` non-empty lines of a run's (merged) output."""
+    return [line for line in proc.stdout.splitlines() if line.strip()][-n:]
+
+
+@pytest.mark.slow
+def test_bad_slides_fail_alone_are_reported_and_rerun_once_fixed(
+    demo: dict, tmp_path: Path
+) -> None:
+    """A corrupt slide (fails in infer) and a zero-byte one (fails in select_level), each in
+    its own patient, beside two good slides, run with the default profile (keep-going)."""
     source = Path(demo["config"]["samples"]).parent
     slides = tmp_path / "slides"
     slides.mkdir()
     good = demo["sheet"].iloc[[0, 5]]
     for path in good["path"]:
         shutil.copy2(source / path, slides / Path(path).name)
-    (slides / "broken.svs").write_bytes(np.random.default_rng(0).bytes(50_000))
+    # Level 0 at the demo's processing mpp (1.0): infer reads the zeroed level-0 tile, while
+    # select_level's thumbnail comes from a coarser level and succeeds.
+    corrupt = synth_files.write_pyramidal_tiff(
+        slides / "corrupt.tif", synth.tissue_image(2048, 2048, seed=14), mpp=1.0
+    )
+    synth_files.corrupt_tile(corrupt)
+    (slides / "empty.svs").write_bytes(b"")
     rows = ["patient\tslide\tpath\tmpp"]
     rows += [
         f"{p}\t{s}\tslides/{Path(path).name}\t{mpp}"
         for p, s, path, mpp in good[["patient", "slide", "path", "mpp"]].itertuples(index=False)
     ]
-    rows.append("PX\tPX_broken\tslides/broken.svs\t")
+    rows += ["PX\tPX_corrupt\tslides/corrupt.tif\t", "PY\tPY_empty\tslides/empty.svs\t"]
     (tmp_path / "samples.tsv").write_text("\n".join(rows) + "\n")
     config = dict(demo["config"])
     config.update(
@@ -433,17 +481,98 @@ def test_unreadable_slide_fails_alone_with_keep_going(demo: dict, tmp_path: Path
         logdir=str(tmp_path / "logs"),
     )
     configfile = write_config(tmp_path / "config.yaml", config)
+    outdir, logdir = tmp_path / "results", tmp_path / "logs"
+    profile = ("--workflow-profile", str(DEFAULT_PROFILE))
 
-    proc = snakemake(tmp_path, "--keep-going", "--configfile", str(configfile))
+    proc = snakemake(tmp_path, *profile, "--configfile", str(configfile), merged=True)
 
     assert proc.returncode != 0
-    outdir = tmp_path / "results"
     for patient, slide in good[["patient", "slide"]].itertuples(index=False):
         for name in SLIDE_OUTPUTS:
             assert (outdir / patient / slide / name).is_file(), (slide, name)
         assert (outdir / patient / f"{patient}.csv").is_file()
-    assert not (outdir / "PX" / "PX_broken" / "level.json").exists()
-    assert not (outdir / "report.html").exists()
-    log = (tmp_path / "logs" / "select_level" / "PX" / "PX_broken.log").read_text()
-    assert "error:" in log
-    assert "broken.svs" in log
+    assert not (outdir / "PX" / "PX.csv").exists()
+    assert not (outdir / "PY" / "PY.csv").exists()
+    table = summary_table(outdir)
+    assert list(table) == [*good["slide"], "PX_corrupt", "PY_empty"]
+    failures = {
+        "PX_corrupt": ("PX", "infer", "corrupt.tif"),
+        "PY_empty": ("PY", "select_level", "empty.svs"),
+    }
+    page = (outdir / "report.html").read_text()
+    for slide, (patient, stage, filename) in failures.items():
+        row = table[slide]
+        log = logdir / stage / patient / f"{slide}.log"
+        assert (row["status"], row["failed_stage"], row["log"]) == ("failed", stage, str(log))
+        assert filename in row["error"] and row["error"] in log.read_text()
+        assert row["windows_processed"] == "NA"
+        assert html.escape(row["error"]) in page and str(log) in page
+        assert f"none: slide {slide} failed" in page
+    statuses = collections.Counter(row["status"] for row in table.values())
+    assert statuses["ok"] + statuses["flagged"] == len(good)
+    assert last_lines(proc) == [
+        f"wsiproc: {statuses['ok']} ok, {statuses['flagged']} flagged, "
+        "2 failed: PX_corrupt, PY_empty",
+        f"wsiproc: report: {outdir / 'report.html'}",
+    ]
+
+    # Nothing fixed: the failed jobs run again (and the handlers never run in a dry run).
+    unfixed = snakemake(tmp_path, "-n", "--configfile", str(configfile))
+    assert unfixed.returncode == 0 and "wsiproc:" not in output_of(unfixed)
+    retried = {(rule, "PY_empty") for rule in PER_SLIDE_RULES}
+    retried |= {("infer", "PX_corrupt"), ("heatmap", "PX_corrupt"), ("qc", "PX_corrupt")}
+    retried |= {("patient_csv", "PX"), ("patient_csv", "PY"), ("report", ""), ("all", "")}
+    assert sorted(planned_jobs(unfixed.stdout)) == sorted(retried)
+
+    # Fixed (good files in place of the bad ones): only their chains, patients and the report.
+    shutil.copy(source / demo["sheet"]["path"][1], corrupt)
+    shutil.copy(source / demo["sheet"]["path"][0], slides / "empty.svs")
+    fixed = {(rule, slide) for rule in PER_SLIDE_RULES for slide in failures}
+    fixed |= {("patient_csv", "PX"), ("patient_csv", "PY"), ("report", ""), ("all", "")}
+    assert sorted(dry_run(tmp_path, configfile)) == sorted(fixed)
+
+    rerun = snakemake(tmp_path, *profile, "--configfile", str(configfile), merged=True)
+
+    assert rerun.returncode == 0, rerun.stdout
+    table = summary_table(outdir)
+    assert "failed" not in {row["status"] for row in table.values()}
+    assert (outdir / "PX" / "PX.csv").is_file() and (outdir / "PY" / "PY.csv").is_file()
+    assert "Failed slides" not in (outdir / "report.html").read_text()
+    assert last_lines(rerun)[0].endswith(" flagged, 0 failed")
+    assert last_lines(rerun)[1] == f"wsiproc: report: {outdir / 'report.html'}"
+
+
+@pytest.mark.slow
+def test_slide_smaller_than_one_window_is_flagged_with_every_output(
+    demo: dict, tmp_path: Path
+) -> None:
+    """Zero windows is a result: every stage succeeds, every output opens, status flagged."""
+    kernel = demo["config"]["window"]["kernel_size"]
+    mpp = demo["config"]["level"]["mpp"]
+    side = kernel - 8  # processing pixels: at the processing mpp, smaller than one window
+    tiny = synth_files.write_pyramidal_tiff(
+        tmp_path / "tiny.tif", synth.tissue_image(side, side, seed=2), mpp=mpp
+    )
+    (tmp_path / "samples.tsv").write_text(f"patient\tslide\tpath\tmpp\nPT\tPT_tiny\t{tiny}\t\n")
+    config = dict(demo["config"])
+    config.update(
+        samples=str(tmp_path / "samples.tsv"),
+        outdir=str(tmp_path / "results"),
+        logdir=str(tmp_path / "logs"),
+    )
+    configfile = write_config(tmp_path / "config.yaml", config)
+
+    proc = snakemake(tmp_path, "--configfile", str(configfile), merged=True)
+
+    assert proc.returncode == 0, proc.stdout
+    d = tmp_path / "results" / "PT" / "PT_tiny"
+    for name in SLIDE_OUTPUTS:
+        assert (d / name).is_file(), name
+    assert (d / "windows.csv").read_text().count("\n") == 1  # the header
+    assert json.loads((d / "windows.json").read_text())["grid_rows"] == 0
+    with openslide.OpenSlide(d / "heatmap_rgb.tif") as osr:
+        assert osr.dimensions == (1, 1)
+    assert (tmp_path / "results" / "PT" / "PT.csv").read_text().count("\n") == 1
+    row = summary_table(tmp_path / "results")["PT_tiny"]
+    assert row["status"] == "flagged" and "no_windows" in row["flags"].split(",")
+    assert last_lines(proc)[0] == "wsiproc: 0 ok, 1 flagged, 0 failed"

@@ -1,10 +1,13 @@
 # The workflow's only Python. In this order, once each: validate the config, read and
-# validate the sample sheet, derive wildcard constraints, then define the get_* helpers.
-# Rules never import wsiproc; they call its CLI, one stage per rule.
+# validate the sample sheet, derive wildcard constraints, then define the get_* helpers and
+# the end-of-run summary. Rules never import wsiproc; they call its CLI, one stage per rule.
+import atexit
 import importlib.metadata
 import os
 import re
 import shlex
+import subprocess
+import sys
 
 import jsonschema
 import pandas as pd
@@ -217,3 +220,45 @@ def get_all_qc(wildcards):
         patient=list(samples["patient"]),
         slide=list(samples["slide"]),
     )
+
+
+def get_sheet(wildcards=None):
+    """The sample sheet: an input of `report` (editing it reruns the report), and `--sheet`."""
+    return SHEET
+
+
+def get_outdir(wildcards=None):
+    """`--results` of `wsiproc report` and `wsiproc status`: the results directory."""
+    return config["outdir"]
+
+
+def get_logdir(wildcards=None):
+    """`--logs` of `wsiproc report` and `wsiproc status`: the log directory."""
+    return config["logdir"]
+
+
+# 5. End of run -------------------------------------------------------------------------
+def print_run_summary(stage):
+    """Run `wsiproc report` (after a failure) or `wsiproc status` (after success) and print
+    its lines (counts, failed slides, report path) as the run's last terminal lines.
+
+    Snakemake logs its log path, elapsed time and, after a failure, its WorkflowError after
+    the onsuccess/onerror handler returns (Workflow.execute), so the lines are printed at
+    interpreter exit. A failing wsiproc gives one line, never an exception in the handler.
+    """
+    args = ["--sheet", get_sheet(), "--results", get_outdir(), "--logs", get_logdir()]
+    if stage == "report":
+        outputs = rules.report.output
+        args += ["--out-html", outputs.html, "--out-tsv", outputs.tsv]
+    # The Python that runs Snakemake has wsiproc (checked above), whatever PATH says.
+    command = [sys.executable, "-m", "wsiproc", stage, *args]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True)
+    except OSError as exc:
+        lines = [f"wsiproc: {stage} did not run: {exc}"]
+    else:
+        lines = proc.stdout.splitlines()
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            lines.append(f"wsiproc: {stage} failed (exit {proc.returncode}): {last}")
+    atexit.register(print, "\n".join(lines), flush=True)

@@ -25,6 +25,7 @@ rule infer:
         stride=lookup(dpath="window/stride", within=config),
         border=lookup(dpath="window/border", within=config),
         min_tissue=lookup(dpath="window/min_tissue", within=config),
+        on_read_error=lookup(dpath="window/on_read_error", within=config),
         model=get_model,
         precision=lookup(dpath="model/precision", within=config),
         batch_size=get_batch_size,
@@ -39,6 +40,7 @@ rule infer:
             --stride {params.stride} \
             --border {params.border} \
             --min-tissue {params.min_tissue} \
+            --on-read-error {params.on_read_error} \
             --model {params.model:q} \
             --workers {threads} \
             --threads {threads} \

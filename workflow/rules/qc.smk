@@ -51,9 +51,12 @@ rule qc:
         """
 
 
+# Every slide of the sheet, from the files on disk (finished, failed or not run). On success
+# it runs last (after every qc.json); after a failure the onerror handler runs the same command.
 rule report:
     input:
         qc=get_all_qc,
+        sheet=get_sheet,
     output:
         html=report(
             "<results>/report.html",
@@ -73,12 +76,16 @@ rule report:
         mem_mb=2000,
         runtime=10,
     params:
+        results=get_outdir,
+        logs=get_logdir,
         version=WSIPROC_VERSION,
     shell:
         r"""
         wsiproc report \
+            --sheet {input.sheet:q} \
+            --results {params.results:q} \
+            --logs {params.logs:q} \
             --out-html {output.html:q} \
             --out-tsv {output.tsv:q} \
-            {input.qc:q} \
             >{log:q} 2>&1
         """

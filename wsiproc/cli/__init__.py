@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import WsiprocError
 
-STAGES = ("info", "level", "infer", "patient_csv", "heatmap", "qc", "report", "demo")
+STAGES = ("info", "level", "infer", "patient_csv", "heatmap", "qc", "report", "status", "demo")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -34,7 +34,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; return the process exit code (0 on success)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Importing one stage's module, not all eight, saves most of a second per job.
+    # Importing one stage's module, not all nine, saves most of a second per job.
     first = argv[0] if argv else None
     parser = build_parser(first if first in STAGES else None)
     args = parser.parse_args(argv)

@@ -85,6 +85,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .flag{display:inline-block;background:#c62828;color:#fff;border-radius:3px;padding:0 .4em;
 margin:0 .2em 0 0;font-size:.85em}
 .okflag{color:#2e7d32;font-weight:bold}
+tr.failed td{background:#fdecea}
 figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
 figure img{border:1px solid #ccc}
 img.slide{width:480px;max-width:100%}
@@ -111,10 +112,16 @@ def html_page(title: str, body: str) -> str:
     )
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """An HTML table from already-escaped cell HTML."""
+def html_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], row_classes: Sequence[str] = ()
+) -> str:
+    """An HTML table from already-escaped cell HTML; ``row_classes`` style rows (e.g. failed)."""
     head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(cells) + "</tr>\n" for cells in rows)
+    classes = [*row_classes, *[""] * (len(rows) - len(row_classes))]
+    body = "".join(
+        (f'<tr class="{css}">' if css else "<tr>") + "".join(cells) + "</tr>\n"
+        for cells, css in zip(rows, classes, strict=True)
+    )
     return f"<table>\n<tr>{head}</tr>\n{body}</table>\n"
 
 
