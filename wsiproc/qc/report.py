@@ -39,11 +39,13 @@ COHORT_THUMB_PX = 160
 
 
 def qc_html_path(record: dict[str, Any], qc_json: str | Path) -> Path:
-    """Where a slide's ``qc.html`` is: as recorded if it exists, else beside its ``qc.json``."""
+    """Where a slide's ``qc.html`` is: beside its ``qc.json`` (the workflow's layout, right
+    also after the results folder was moved or copied), else where ``qc.json`` recorded it."""
+    beside = Path(qc_json).with_suffix(".html")
     recorded = record.get("html")
-    if recorded and Path(recorded).exists():
-        return Path(recorded)
-    return Path(qc_json).with_suffix(".html")
+    if beside.exists() or not recorded:
+        return beside
+    return Path(recorded)
 
 
 def summary_rows(cohort: CohortStatus, report_dir: str | Path) -> list[dict[str, Any]]:
