@@ -103,6 +103,8 @@ class Slide:
             raise SlideOpenError(self.path, "is a directory, not a slide file")
         if p.stat().st_size == 0:
             raise SlideOpenError(self.path, "file is empty (0 bytes)")
+        if not os.access(p, os.R_OK):
+            raise SlideOpenError(self.path, "permission denied (this user cannot read the file)")
         try:
             self._osr = openslide.OpenSlide(self.path)
         except openslide.OpenSlideUnsupportedFormatError as exc:
