@@ -576,3 +576,28 @@ def test_slide_smaller_than_one_window_is_flagged_with_every_output(
     row = summary_table(tmp_path / "results")["PT_tiny"]
     assert row["status"] == "flagged" and "no_windows" in row["flags"].split(",")
     assert last_lines(proc)[0] == "wsiproc: 0 ok, 1 flagged, 0 failed"
+
+
+@pytest.mark.slow
+def test_demo_pen_slide_heatmap_is_tissue_not_ink(demo: dict) -> None:
+    """The demo's marker stroke (ground truth re-rendered from its seed) gates no window, and
+    the stain model's values stay in the tissue range, not the ink's."""
+    from wsiproc.demo import DEMO_SLIDES
+
+    index = next(i for i, s in enumerate(DEMO_SLIDES) if s.pen_mark)
+    spec = DEMO_SLIDES[index]
+    _, _, ink = synth.render_slide(
+        spec.width, spec.height, seed=index, pen_mark=True, nucleus_radius_px=2.0 / spec.mpp
+    )
+    table = pd.read_csv(demo["outdir"] / spec.patient / spec.slide / "windows.csv")
+    integral = np.pad(ink, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    x0, y0 = table["x"].to_numpy(), table["y"].to_numpy()
+    x1 = np.minimum(x0 + table["width"].to_numpy(), spec.width)
+    y1 = np.minimum(y0 + table["height"].to_numpy(), spec.height)
+    covered = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    ink_fraction = covered / ((x1 - x0) * (y1 - y0))
+    assert len(table) > 300
+    assert (ink_fraction > 0.5).mean() <= 0.05
+    assert table["hematoxylin"].quantile(0.99) < 0.4  # ink reads 0.4 and more
+    qc_page = (demo["outdir"] / spec.patient / spec.slide / "qc.html").read_text()
+    assert "marker ink in magenta" in qc_page and "Ink left out of the tissue" in qc_page

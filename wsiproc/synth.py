@@ -15,6 +15,13 @@ from scipy import ndimage
 HEMATOXYLIN_OD = np.array([0.650, 0.704, 0.286], dtype=np.float32)
 EOSIN_OD = np.array([0.072, 0.990, 0.105], dtype=np.float32)
 PEN_OD = np.array([1.45, 0.40, 1.05], dtype=np.float32)
+#: Optical densities of marker inks, by colour: each absorbs what its colour does not reflect.
+INK_OD = {
+    "green": PEN_OD,
+    "blue": np.array([1.60, 0.90, 0.15], dtype=np.float32),
+    "red": np.array([0.10, 1.60, 1.40], dtype=np.float32),
+    "black": np.array([2.20, 2.20, 2.20], dtype=np.float32),
+}
 #: Optical density of bare glass: about (240, 240, 240).
 GLASS_OD = np.float32(-math.log(240.0 / 255.0))
 #: Long side of the low-resolution grid on which the tissue shapes are drawn.
@@ -132,6 +139,7 @@ def tissue_image(
     tissue: bool = True,
     pen_mark: bool = False,
     nucleus_radius_px: float = 4.0,
+    pen_color: str = "green",
 ) -> np.ndarray:
     """Render an H&E-like slide image: glass, pink tissue pieces, purple nuclei, optional pen.
 
@@ -148,9 +156,11 @@ def tissue_image(
     tissue : bool
         Draw tissue (about 33-42 % of the area). False gives bare glass only.
     pen_mark : bool
-        Add one thick green marker stroke, about 7 % of the image area.
+        Add one thick marker stroke, about 7 % of the image area, over tissue and glass.
     nucleus_radius_px : float
         Mean nucleus radius in pixels (4 px ≈ 4 µm at 20x, 0.5 mpp).
+    pen_color : str
+        Colour of the marker: a key of :data:`INK_OD` (green, blue, red, black).
 
     Returns
     -------
@@ -165,14 +175,44 @@ def tissue_image(
     >>> bool((tissue_image(300, 200, seed=0, tissue=False) > 225).all())
     True
     """
+    return render_slide(
+        width,
+        height,
+        seed=seed,
+        tissue=tissue,
+        pen_mark=pen_mark,
+        nucleus_radius_px=nucleus_radius_px,
+        pen_color=pen_color,
+    )[0]
+
+
+def render_slide(
+    width: int,
+    height: int,
+    *,
+    seed: int,
+    tissue: bool = True,
+    pen_mark: bool = False,
+    nucleus_radius_px: float = 4.0,
+    pen_color: str = "green",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`tissue_image` with its ground truth: ``(rgb, tissue, ink)`` boolean masks.
+
+    ``tissue`` is where tissue was drawn (ink or not), ``ink`` where the marker stroke is:
+    what a tissue detector must find, and what it must leave out.
+    """
     if width < 1 or height < 1:
         message = f"image size must be positive, got {width}x{height}"
         raise ValueError(message)
+    if pen_color not in INK_OD:
+        raise ValueError(f"unknown pen colour {pen_color!r}; one of {', '.join(INK_OD)}")
+    ink_od = INK_OD[pen_color]
     rng = np.random.default_rng(seed)
     scale = max(width, height) / SHAPE_GRID_PX
     low_shape = (max(2, math.ceil(height / scale)), max(2, math.ceil(width / scale)))
     od_e = np.zeros((height, width), dtype=np.float32)
     od_h = None
+    mask = np.zeros((height, width), dtype=bool)
     if tissue:
         mask = _upsample(_tissue_field(rng, low_shape), height, width) > 0
         # Eosin: smooth regional variation times fine fibrous texture, built at 1/3 resolution.
@@ -196,10 +236,11 @@ def tissue_image(
         if od_h is not None:
             od += np.multiply(od_h, HEMATOXYLIN_OD[channel], out=term)
         if pen is not None:
-            od += np.multiply(pen, PEN_OD[channel], out=term)
+            od += np.multiply(pen, ink_od[channel], out=term)
         np.exp(np.negative(od, out=od), out=od)
         od *= 255.0
         od += grain
         np.clip(od, 0, 255, out=od)
         out[..., channel] = od
-    return out
+    ink = pen if pen is not None else np.zeros((height, width), dtype=bool)
+    return out, mask, ink

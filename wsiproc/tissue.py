@@ -7,7 +7,6 @@ saturation (with a floor, so an empty slide's noise never counts as tissue) find
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 THUMBNAIL_PX = 1024
 """Longer side of the thumbnail tissue is detected on (by `wsiproc level` and `infer` alike)."""
@@ -17,6 +16,17 @@ MIN_SATURATION = 20
 
 MIN_OBJECT_FRACTION = 0.0005
 """Connected tissue pieces smaller than this fraction of the thumbnail are dropped as dust."""
+
+MAX_INK_FRACTION = 0.1
+"""A window more than a tenth covered by ink is skipped even if the rest of it is tissue:
+ink is so dark and saturated that a tenth of a window already moves a model's output (on
+the demo's pen slide, windows a fifth inked read hematoxylin 0.4, tissue 0.05–0.25)."""
+
+MASK_TISSUE = 255
+MASK_INK = 128
+MASK_GLASS = 0
+"""Values of the mask PNG ``wsiproc level`` writes: one file carries tissue and ink, the
+exact mask that gates inference and that QC shows."""
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
@@ -53,8 +63,12 @@ def otsu_threshold(values: np.ndarray) -> int:
     return int(np.argmax(between)) + 1
 
 
-def tissue_mask(rgb: np.ndarray) -> np.ndarray:
-    """Boolean tissue mask of a thumbnail: Otsu on saturation, cleaned of dust and holes.
+def tissue_mask(rgb: np.ndarray, ink: np.ndarray | None = None) -> np.ndarray:
+    """Boolean tissue mask of a thumbnail: Otsu on saturation, without ink, dust and holes.
+
+    ``ink`` (default :func:`wsiproc.ink.ink_mask` of ``rgb``) is left out of the Otsu
+    statistics (a saturated stroke would raise the threshold above pale tissue) and of the
+    mask, also where it lies over tissue: windows under a marker stroke are not tissue.
 
     Examples
     --------
@@ -63,14 +77,25 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     (400, True, False)
     >>> int(tissue_mask(np.full((40, 40, 3), 240, np.uint8)).sum())
     0
+    >>> img[18:22, :] = (40, 70, 180)  # a blue stroke across the tissue
+    >>> m = tissue_mask(img); bool(m[20, 20]), bool(m[12, 20])
+    (False, True)
     """
+    from scipy import ndimage  # here: planning imports this module's constants at start-up
+
+    if ink is None:
+        from .ink import ink_mask
+
+        ink = ink_mask(rgb)
     s = saturation(rgb)
-    threshold = max(otsu_threshold(s), MIN_SATURATION)
+    clean = s[~ink]
+    threshold = max(otsu_threshold(clean if clean.size else s), MIN_SATURATION)
     mask = s >= threshold
-    # Very dark pixels (thick tissue, folds) are tissue even if grey.
+    # Very dark pixels (thick tissue, folds) are tissue even if grey; darker still is ink.
     mask |= rgb.max(axis=2) < 60
     mask = ndimage.binary_closing(mask, structure=np.ones((3, 3)), iterations=1)
     mask = ndimage.binary_fill_holes(mask)
+    mask &= ~ink
     labels, n = ndimage.label(mask)
     if n:
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
@@ -112,3 +137,31 @@ def window_tissue_fractions(
     cy0, cy1 = np.clip(iy0, 0, h), np.clip(iy1, 0, h)
     inside = integral[cy1, cx1] - integral[cy0, cx1] - integral[cy1, cx0] + integral[cy0, cx0]
     return (inside / area).astype(np.float32)
+
+
+def encode_mask(tissue: np.ndarray, ink: np.ndarray) -> np.ndarray:
+    """The uint8 label image of :data:`MASK_TISSUE`, :data:`MASK_INK` and glass."""
+    out = np.full(tissue.shape, MASK_GLASS, dtype=np.uint8)
+    out[ink] = MASK_INK
+    out[tissue] = MASK_TISSUE
+    return out
+
+
+def decode_mask(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(tissue, ink)`` booleans of a mask image.
+
+    Besides wsiproc's own labels, a user's binary mask works: 0/1 masks (nothing above 1)
+    count every non-zero pixel as tissue; 0/255 masks count >= 192 as tissue. Values in
+    64–191 are ink.
+
+    Examples
+    --------
+    >>> t, i = decode_mask(np.array([[0, 128, 255]], np.uint8)); t.tolist(), i.tolist()
+    ([[False, False, True]], [[False, True, False]])
+    >>> decode_mask(np.array([[0, 1]], np.uint8))[0].tolist()
+    [[False, True]]
+    """
+    grey = np.asarray(grey)
+    if grey.max(initial=0) <= 1:
+        return grey > 0, np.zeros(grey.shape, dtype=bool)
+    return grey >= 192, (grey >= 64) & (grey < 192)

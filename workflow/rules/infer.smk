@@ -5,6 +5,7 @@ rule infer:
     input:
         slide=get_slide,
         plan=rules.select_level.output.level,
+        mask=rules.select_level.output.mask,
         model=get_model_files,
     output:
         csv="<results>/{patient}/{slide}/windows.csv",
@@ -36,6 +37,7 @@ rule infer:
         wsiproc infer {input.slide:q} \
             --out {output.csv:q} \
             --plan {input.plan:q} \
+            --mask {input.mask:q} \
             --kernel-size {params.kernel_size} \
             --stride {params.stride} \
             --border {params.border} \

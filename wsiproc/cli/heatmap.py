@@ -23,6 +23,10 @@ from ..table import iter_window_chunks
 
 log = logging.getLogger(__name__)
 
+RANGE_MIN_TISSUE = 0.5
+"""Tissue fraction from which a window's value counts for the colour range (all windows count
+when none reaches it)."""
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``heatmap`` subcommand."""
@@ -79,12 +83,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--mode", problem)
 
     grid = WindowGrid(meta, source=str(csv_path))
+    # Windows mostly of tissue set the colour range: a few windows over ink, debris or glass
+    # edges must not stretch the scale until the tissue is one flat colour.
+    tissue_cells = np.zeros((meta.grid_rows, meta.grid_cols), dtype=bool)
     with contextlib.ExitStack() as stack:
         writer = None
         if args.geojson:
             writer = stack.enter_context(FeatureWriter(args.geojson, names=meta.outputs))
-        for chunk in iter_window_chunks(csv_path, meta, with_geometry=writer is not None):
+        for chunk in iter_window_chunks(csv_path, meta, with_geometry=True):
             grid.add(chunk)
+            tissue_cells[chunk.rows, chunk.cols] = chunk.tissue >= RANGE_MIN_TISSUE
             if writer is not None:
                 writer.write(chunk.rows, chunk.cols, chunk.boxes, chunk.tissue, chunk.values)
 
@@ -99,8 +107,13 @@ def run(args: argparse.Namespace) -> int:
     if pixel_um is None:
         log.warning("%s: proc_mpp is null; TIFFs get ResolutionUnit NONE", meta.path)
 
-    band = raster[..., meta.output_names.index(name)]
-    vmin, vmax = value_range(band, vmin=args.vmin, vmax=args.vmax)
+    index = meta.output_names.index(name)
+    band = raster[..., index]
+    window_band = grid.values[..., index]
+    if tissue_cells.any():
+        h, w = meta.block_shape
+        window_band = window_band[np.kron(tissue_cells, np.ones((h, w), dtype=bool))]
+    vmin, vmax = value_range(window_band, vmin=args.vmin, vmax=args.vmax)
     common = {"wsiproc": __version__, "mode": args.mode, "pixel_size_um": pixel_um}
     value_desc = {**common, "bands": list(meta.output_names), "stride": meta.stride}
     write_tiff(args.out, raster, pixel_um=pixel_um, description=json.dumps(value_desc))

@@ -54,6 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="LEVEL_JSON",
         help="use the level chosen by `wsiproc level` instead of the options below",
     )
+    p.add_argument(
+        "--mask",
+        metavar="MASK_PNG",
+        help="tissue/ink mask written by `wsiproc level --mask` (default: detect it here)",
+    )
     add_level_options(p)
     p.add_argument("--workers", type=int, default=_default_workers(), help="loader processes")
     p.add_argument("--batch-size", type=int, default=32, help="windows per model batch")
@@ -122,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         reader=args.reader,
         chunk_px=args.chunk_px,
         on_read_error=args.on_read_error,
+        mask=args.mask,
     )
     run_inference(req)
     return 0

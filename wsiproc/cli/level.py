@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .options import add_level_options, level_spec
 
 
@@ -16,7 +14,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("slide", help="slide file")
     p.add_argument("--out", required=True, help="level.json to write")
     p.add_argument("--thumbnail", help="PNG thumbnail to write")
-    p.add_argument("--mask", help="PNG tissue mask to write (same size as the thumbnail)")
+    p.add_argument(
+        "--mask",
+        help="PNG mask to write (same size as the thumbnail): 255 tissue, 128 ink, 0 glass; "
+        "`wsiproc infer --mask` gates windows with it",
+    )
     add_level_options(p)
     p.set_defaults(run=run)
 
@@ -25,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..atomic import atomic_path, atomic_write
+    from ..ink import ink_mask
     from ..level import select_level
+    from ..maskfile import write_mask
     from ..slide import Slide
     from ..tissue import THUMBNAIL_PX, tissue_mask
 
@@ -34,19 +38,20 @@ def run(args: argparse.Namespace) -> int:
         info = slide.info
         plan = select_level(info, spec)
         thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
-    mask = tissue_mask(thumb)
+    ink = ink_mask(thumb)
+    mask = tissue_mask(thumb, ink)
     record = {**info.to_dict(), "spec": spec.request(), **plan.to_dict()}
     record["thumbnail"] = str(Path(args.thumbnail).resolve()) if args.thumbnail else None
     record["mask"] = str(Path(args.mask).resolve()) if args.mask else None
     record["thumbnail_scale"] = info.width / thumb.shape[1]
     record["thumbnail_scale_y"] = info.height / thumb.shape[0]
     record["tissue_percent"] = round(100.0 * float(mask.mean()), 3)
+    record["ink_percent"] = round(100.0 * float(ink.mean()), 3)
     if args.thumbnail:
         with atomic_path(args.thumbnail) as tmp:
             Image.fromarray(thumb).save(tmp, format="PNG")
     if args.mask:
-        with atomic_path(args.mask) as tmp:
-            Image.fromarray((mask * np.uint8(255)).astype(np.uint8)).save(tmp, format="PNG")
+        write_mask(args.mask, mask, ink)
     with atomic_write(args.out) as fh:
         json.dump(record, fh, indent=1)
     return 0

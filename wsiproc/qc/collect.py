@@ -57,6 +57,7 @@ class SlideQC:
     thumbnail: np.ndarray | None
     mask: np.ndarray | None
     overlay: np.ndarray | None
+    ink: np.ndarray | None = None
     values: dict[str, np.ndarray] = field(default_factory=dict)
     value_range: tuple[float, float] = (math.nan, math.nan)
 
@@ -115,7 +116,9 @@ def build_qc(
     notes: list[str] = []
 
     rgb = load_rgb(thumb_path) if thumb_path else None
-    tissue = load_mask(mask_path, None if rgb is None else rgb.shape[:2]) if mask_path else None
+    tissue = ink = None
+    if mask_path:
+        tissue, ink = load_mask(mask_path, None if rgb is None else rgb.shape[:2])
     if tissue is not None:
         tissue_pct = metrics.tissue_percent(tissue)
     else:
@@ -213,7 +216,7 @@ def build_qc(
     }
     for note in notes:
         log.warning("%s: %s", slide, note)
-    return SlideQC(record, rgb, tissue, overlay, values, value_range)
+    return SlideQC(record, rgb, tissue, overlay, ink, values, value_range)
 
 
 def colormap(fraction: np.ndarray) -> np.ndarray:

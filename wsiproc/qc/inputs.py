@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputTableError
+from ..maskfile import read_mask
 from ..record import WindowsRecord
 from ..table import iter_window_chunks
 from . import metrics
@@ -45,16 +46,12 @@ def load_rgb(path: str | Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def load_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A mask image as a boolean array, resized (nearest) to ``(height, width)`` if given.
-
-    0/255 and 0/1 masks both work: with no value above 1, any non-zero pixel is tissue.
-    """
-    image = _open_image(path).convert("L")
-    if shape is not None and image.size != (shape[1], shape[0]):
-        image = image.resize((shape[1], shape[0]), Image.Resampling.NEAREST)
-    grey = np.asarray(image)
-    return grey >= 128 if grey.max(initial=0) > 1 else grey > 0
+def load_mask(
+    path: str | Path, shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(tissue, ink)`` of the level stage's mask PNG (or a user's binary mask), resized
+    (nearest) to ``(height, width)`` if given; see :func:`wsiproc.tissue.decode_mask`."""
+    return read_mask(path, shape)
 
 
 def _open_image(path: str | Path) -> Image.Image:

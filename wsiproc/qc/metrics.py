@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 from scipy import ndimage
 
+from ..ink import ink_pixels
+
 BLUR_THRESHOLD = 20.0
 """Default floor of :func:`blur_score` (grey levels², 0–255 scale).
 
@@ -32,20 +34,6 @@ exceeds it, while scattered misclassified pixels rarely add up to it.
 MIN_TISSUE_PERCENT = 0.5
 """Default floor of :func:`tissue_percent` (% of the thumbnail) below which a slide is empty."""
 
-BLUE_INK_HUE_DEG = (190.0, 235.0)
-"""Hue range of blue marker ink. H&E mixtures keep red >= green, which puts hematoxylin and
-eosin at hue >= 240° (purple to pink); blue ink has green > red, hue below about 235°."""
-BLUE_INK_MIN_SATURATION = 0.4
-"""Blue ink is strongly saturated; pale bluish glass tints stay far below 0.4."""
-GREEN_INK_HUE_DEG = (75.0, 185.0)
-"""Hue range of green marker ink; H&E produces no green, and brown pigment stays below 60°."""
-GREEN_INK_MIN_SATURATION = 0.25
-"""Saturation floor of green ink; scanner colour casts on white glass are below 0.05."""
-INK_MIN_VALUE = 0.15
-"""Blue/green ink must be brighter than this, so near-black pixels count only as black ink."""
-BLACK_INK_MAX_VALUE = 0.2
-"""Black ink is darker than this (51/255); dense tissue and folds stay above about 0.3."""
-
 SUMMARY_KEYS = ("count", "nan", "mean", "std", "min", "p5", "median", "p95", "max")
 """Keys of each :func:`output_summary` entry, in report order."""
 
@@ -63,31 +51,6 @@ def grey_from_rgb(rgb: np.ndarray) -> np.ndarray:
     """
     rgb = np.asarray(rgb, dtype=np.float64)
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-
-
-def hsv_from_rgb(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue (degrees, 0–360), saturation and value (0–1) of an RGB uint8 image.
-
-    Examples
-    --------
-    >>> h, s, v = hsv_from_rgb(np.array([[[0, 0, 255]]], dtype=np.uint8))
-    >>> float(h[0, 0]), float(s[0, 0]), float(v[0, 0])
-    (240.0, 1.0, 1.0)
-    """
-    rgb = np.asarray(rgb, dtype=np.float64) / 255.0
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    value = rgb.max(axis=-1)
-    chroma = value - rgb.min(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        saturation = np.where(value > 0, chroma / value, 0.0)
-        safe = np.where(chroma > 0, chroma, 1.0)
-        hue = np.where(
-            value == r,
-            ((g - b) / safe) % 6.0,
-            np.where(value == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
-        )
-    hue = np.where(chroma > 0, hue * 60.0, 0.0)
-    return hue, saturation, value
 
 
 def blur_score(rgb: np.ndarray, mask: np.ndarray) -> float:
@@ -126,37 +89,11 @@ def blur_score(rgb: np.ndarray, mask: np.ndarray) -> float:
     return float(np.var(laplacian[inner]))
 
 
-def pen_mask(rgb: np.ndarray) -> np.ndarray:
-    """Boolean mask of pixels that look like blue, green or black marker ink.
-
-    Examples
-    --------
-    >>> pen_mask(np.array([[[30, 60, 170], [90, 60, 150], [240, 240, 240]]], np.uint8))
-    array([[ True, False, False]])
-    """
-    hue, sat, val = hsv_from_rgb(rgb)
-    bright = val >= INK_MIN_VALUE
-    blue = (
-        (hue >= BLUE_INK_HUE_DEG[0])
-        & (hue < BLUE_INK_HUE_DEG[1])
-        & (sat >= BLUE_INK_MIN_SATURATION)
-        & bright
-    )
-    green = (
-        (hue >= GREEN_INK_HUE_DEG[0])
-        & (hue < GREEN_INK_HUE_DEG[1])
-        & (sat >= GREEN_INK_MIN_SATURATION)
-        & bright
-    )
-    black = val < BLACK_INK_MAX_VALUE
-    return blue | green | black
-
-
 def pen_fraction(rgb: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Fraction of the counted pixels (tissue or glass) that look like marker ink.
 
-    Ink is blue (hue 190–235°, saturation >= 0.4), green (hue 75–185°, saturation >= 0.25)
-    or black (value < 0.2); see the module constants for why H&E stays outside these ranges.
+    Ink is blue, green, red or black marker, as :func:`wsiproc.ink.ink_pixels` defines it
+    (its module says why H&E stays outside those colours).
 
     Parameters
     ----------
@@ -177,7 +114,7 @@ def pen_fraction(rgb: np.ndarray, mask: np.ndarray | None = None) -> float:
     >>> pen_fraction(rgb)
     0.25
     """
-    ink = pen_mask(rgb)
+    ink = ink_pixels(rgb)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         ink = ink[mask]

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..atomic import atomic_write
+from ..maskfile import ink_overlay
 from . import metrics
 from .collect import DISPLAY_MAX_PX, SlideQC, colormap
 
@@ -153,7 +154,15 @@ def render_slide_html(qc: SlideQC) -> str:
     if qc.thumbnail is not None:
         parts.append(_figure(png_data_uri(qc.thumbnail), "Thumbnail", "slide"))
     if qc.mask is not None:
-        parts.append(_figure(png_data_uri(qc.mask), "Tissue mask", "slide"))
+        ink = qc.ink if qc.ink is not None else np.zeros_like(qc.mask)
+        labels = np.zeros((*qc.mask.shape, 3), dtype=np.uint8)
+        labels[qc.mask] = 255
+        labels[ink] = (255, 0, 255)
+        caption = f"Tissue mask (white; marker ink in magenta: {100 * ink.mean():.2g} %)"
+        parts.append(_figure(png_data_uri(labels), caption, "slide"))
+        if qc.thumbnail is not None and ink.any():
+            overlay = ink_overlay(qc.thumbnail, qc.mask, ink)
+            parts.append(_figure(png_data_uri(overlay), "Ink left out of the tissue", "slide"))
     first = next(iter(rec["outputs"]), None)
     if qc.overlay is not None and first is not None:
         lo, hi = qc.value_range

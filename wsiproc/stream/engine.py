@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint
 from .collector import ModelCollector, StreamCollector, StreamInfo, make_collector
 from .lock import OutputLock
 from .pipeline import Pipeline
-from .plan import RunIdentity, fingerprint, plan_stream, slide_stamp, window_tissue
+from .plan import RunIdentity, file_stamp, fingerprint, plan_stream, slide_stamp, window_tissue
 
 ON_READ_ERROR = ("fail", "skip")
 
@@ -57,6 +57,7 @@ class InferRequest:
     chunk_px: int = 2048
     threads: int | None = None
     on_read_error: str = "fail"
+    mask: str | None = None
 
 
 @dataclass
@@ -172,6 +173,8 @@ def _run_inference(req: InferRequest) -> InferResult:
 def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResult:
     """Plan, resume, stream, assemble, record."""
     # scipy (a quarter second) only now: a run refused by the output lock never pays for it.
+    from ..ink import ink_mask
+    from ..maskfile import read_mask
     from ..tissue import THUMBNAIL_PX, tissue_mask
 
     slide_id = req.slide_id or Path(req.slide).stem
@@ -184,11 +187,19 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         # Tile-aligned chunks when windows are read as stored (no resize): no tile decoded twice.
         tile_px = slide.tile_size(plan.level) if plan.resize_factor == 1.0 else None
         pipeline.start(plan, grid, slide.reader)
-        mask = tissue_mask(slide.thumbnail_rgb(THUMBNAIL_PX)) if grid.rows and grid.cols else None
-        tissue = window_tissue(grid, mask, info.width, info.height)
+        tissue_px = ink_px = None
+        if req.mask:  # the level stage's mask: QC shows exactly what gated the windows
+            tissue_px, ink_px = read_mask(req.mask)
+        elif grid.rows and grid.cols:
+            thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
+            ink_px = ink_mask(thumb)
+            tissue_px = tissue_mask(thumb, ink_px)
+        tissue = window_tissue(grid, tissue_px, info.width, info.height)
+        ink = window_tissue(grid, ink_px, info.width, info.height)
         stream = plan_stream(
             grid,
             tissue,
+            ink=ink,
             min_tissue=req.min_tissue,
             batch_size=req.batch_size,
             chunk_px=req.chunk_px,
@@ -214,6 +225,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             chunk_px=req.chunk_px,
             tile_px=tile_px,
             on_read_error=req.on_read_error,
+            mask=file_stamp(req.mask) if req.mask else None,
             patient=req.patient,
             slide_id=slide_id,
         )

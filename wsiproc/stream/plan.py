@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from .. import __version__
 from ..grid import Chunk, Grid, plan_chunks
 from ..record import WINDOWS_FORMAT
+from ..tissue import MAX_INK_FRACTION
 from .messages import ChunkTask, GroupTask
 
 GROUP_BATCHES = 4
@@ -65,6 +67,7 @@ def plan_stream(
     grid: Grid,
     tissue: np.ndarray,
     *,
+    ink: np.ndarray | None = None,
     min_tissue: float,
     batch_size: int,
     chunk_px: int,
@@ -73,10 +76,14 @@ def plan_stream(
     """Chunks, keep mask and groups for ``grid`` given each window's tissue fraction.
 
     ``tile_px`` (the slide's tile size, when windows are read without resizing) aligns chunks
-    to tiles so no tile is decoded twice.
+    to tiles so no tile is decoded twice. ``ink`` (each window's ink fraction) skips windows
+    mostly covered by marker ink (:data:`~wsiproc.tissue.MAX_INK_FRACTION`), whatever
+    ``min_tissue`` is.
     """
     chunks = tuple(plan_chunks(grid, chunk_px, tile_px))
     keep = tissue >= min_tissue if min_tissue > 0 else np.ones_like(tissue, dtype=bool)
+    if ink is not None:
+        keep &= ink <= MAX_INK_FRACTION
     groups = tuple(plan_groups(list(chunks), keep, batch_size))
     return StreamPlan(grid, tile_px, chunks, tissue, keep, groups)
 
@@ -104,6 +111,16 @@ def plan_groups(chunks: list[Chunk], keep: np.ndarray, batch_size: int) -> list[
     if current:
         groups.append(GroupTask(len(groups), tuple(current), count))
     return groups
+
+
+def file_stamp(path: str) -> dict[str, Any]:
+    """A small input file's identity by content (a mask PNG): a new mask starts afresh."""
+    import hashlib
+
+    return {
+        "path": os.path.abspath(path),
+        "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+    }
 
 
 def slide_stamp(path: str) -> dict[str, Any]:
@@ -137,6 +154,7 @@ class RunIdentity:
     chunk_px: int
     tile_px: int | None
     on_read_error: str
+    mask: dict[str, Any] | None
     patient: str
     slide_id: str
 
@@ -160,6 +178,7 @@ def fingerprint(identity: RunIdentity) -> dict[str, Any]:
         "chunk_px": identity.chunk_px,
         "tile_px": identity.tile_px,
         "on_read_error": identity.on_read_error,
+        "mask": identity.mask,
         "patient": identity.patient,
         "slide_id": identity.slide_id,
     }
