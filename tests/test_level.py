@@ -334,3 +334,41 @@ def test_level_command_missing_mpp_is_one_error_line(nompp_slide, tmp_path, caps
     record = json.loads(out.read_text())
     assert record["mpp_source"] == "fallback"
     assert record["proc_mpp"] == pytest.approx(0.5, rel=SNAP_TOLERANCE)
+
+
+@pytest.mark.parametrize("spec", [LevelSpec(mpp=0.125), LevelSpec(magnification=80)])
+def test_target_finer_than_level_0_is_refused_naming_both(spec):
+    with pytest.raises(MetadataError) as err:
+        select_level(make_info(), spec)
+    message = str(err.value)
+    assert message.startswith("imaginary.svs: target ") and "\n" not in message
+    assert "finer than level 0 (0.25 µm/px)" in message and "--allow-upsampling" in message
+    assert "upsampled 2x" in message
+
+
+def test_upsampling_when_allowed_is_recorded():
+    plan = select_level(make_info(), LevelSpec(mpp=0.125, allow_upsampling=True))
+    assert plan.upsampled and plan.level == 0 and plan.resize_factor == pytest.approx(2.0)
+    assert not select_level(make_info(), LevelSpec(mpp=0.25)).upsampled
+
+
+def test_magnification_honours_the_sheet_mpp_over_the_objective_power():
+    # The scanner says 40x at 0.25 µm/px; the sheet corrects it to 0.5 µm/px (a 20x scan).
+    corrected = select_level(make_info(), LevelSpec(magnification=20, slide_mpp=0.5))
+    assert (corrected.level, corrected.scale, corrected.proc_mpp) == (0, 1.0, 0.5)
+    as_recorded = select_level(make_info(), LevelSpec(magnification=20))
+    assert as_recorded.scale == 2.0 and as_recorded.proc_mpp == 0.5
+
+
+@pytest.mark.parametrize(
+    ("source", "flagged"),
+    [("metadata", False), ("override", False), ("fallback", True), ("none", True)],
+)
+def test_missing_mpp_only_when_the_slide_had_none(source, flagged):
+    from wsiproc.qc import metrics
+
+    flags = metrics.flags(
+        tissue_percent=50.0, windows_processed=10, blur_score=100.0, pen_fraction=0.0,
+        mpp_source=source,
+    )  # fmt: skip
+    assert ("missing_mpp" in flags) == flagged

@@ -26,7 +26,8 @@ class LevelSpec:
     """What the user asked for: exactly one of ``level``, ``mpp``, ``magnification``, ``function``.
 
     ``slide_mpp`` overrides the slide's level-0 mpp (sample-sheet correction);
-    ``fallback_mpp`` is used only when the slide has none.
+    ``fallback_mpp`` is used only when the slide has none. ``allow_upsampling`` accepts a
+    target finer than level 0 (windows enlarged from the scan: detail the scanner never saw).
     """
 
     level: int | None = None
@@ -35,6 +36,7 @@ class LevelSpec:
     function: str | None = None
     slide_mpp: float | None = None
     fallback_mpp: float | None = None
+    allow_upsampling: bool = False
 
     def __post_init__(self) -> None:
         chosen = [
@@ -53,7 +55,7 @@ class LevelSpec:
 
     def request(self) -> dict[str, Any]:
         """The request as a small dict for records and fingerprints."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and v is not False}
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class LevelPlan:
     proc_height: int
     proc_mpp: float | None
     mpp_source: str
+    upsampled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -80,8 +83,8 @@ class LevelPlan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LevelPlan:
-        """Inverse of :meth:`to_dict`, ignoring extra keys."""
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        """Inverse of :meth:`to_dict`, ignoring extra keys (and defaulting newer ones)."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def level0_mpp(info: SlideInfo, spec: LevelSpec) -> tuple[float | None, str]:
@@ -133,7 +136,9 @@ def select_level(info: SlideInfo, spec: LevelSpec) -> LevelPlan:
         scale = spec.mpp / mpp0
     else:
         assert spec.magnification is not None
-        objective = info.objective_power
+        # A sheet mpp corrects the scanner's calibration, so its objective power is suspect
+        # too: the magnification is then read from the corrected mpp.
+        objective = None if source == "override" else info.objective_power
         if objective is None and mpp0 is not None:
             objective = 10.0 / mpp0  # the usual convention: 40x ~ 0.25 µm/px
         if objective is None:
@@ -143,6 +148,16 @@ def select_level(info: SlideInfo, spec: LevelSpec) -> LevelPlan:
                 "or level.fallback_mpp",
             )
         scale = objective / spec.magnification
+    upsampled = scale < 1 - SNAP_TOLERANCE
+    if upsampled and not spec.allow_upsampling:
+        target = f"{spec.mpp:g} µm/px" if spec.mpp is not None else f"{spec.magnification:g}x"
+        level0 = f"{mpp0:g} µm/px" if mpp0 is not None else f"{objective:g}x"
+        raise MetadataError(
+            info.path,
+            f"target {target} is finer than level 0 ({level0}): windows would be upsampled "
+            f"{1 / scale:.3g}x; choose a coarser target, or allow it with --allow-upsampling "
+            "(workflow: level.allow_upsampling: true)",
+        )
     # Coarsest level not coarser than the target (with snapping tolerance).
     level = 0
     for i, ds in enumerate(info.level_downsamples):
@@ -162,6 +177,7 @@ def select_level(info: SlideInfo, spec: LevelSpec) -> LevelPlan:
         proc_height=proc_h,
         proc_mpp=None if mpp0 is None else mpp0 * scale,
         mpp_source=source,
+        upsampled=upsampled,
     )
 
 

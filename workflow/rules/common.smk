@@ -129,10 +129,12 @@ def get_slide(wildcards):
 
 
 def get_level_spec(wildcards):
-    """The one `wsiproc level` flag naming the processing resolution, e.g. `--mpp 0.5`."""
+    """The `wsiproc level` flag naming the processing resolution, e.g. `--mpp 0.5`, and
+    `--allow-upsampling` when level.allow_upsampling is set."""
     spec = config["level"]
     key = next(k for k in LEVEL_FLAGS if spec[k] is not None)
-    return f"{LEVEL_FLAGS[key]} {shlex.quote(str(spec[key]))}"
+    upsampling = " --allow-upsampling" if spec["allow_upsampling"] else ""
+    return f"{LEVEL_FLAGS[key]} {shlex.quote(str(spec[key]))}{upsampling}"
 
 
 def get_level_function_file(wildcards):

@@ -25,6 +25,11 @@ def add_level_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--fallback-mpp", type=float, help="level-0 µm/px when the slide records none"
     )
+    group.add_argument(
+        "--allow-upsampling",
+        action="store_true",
+        help="accept a target finer than level 0 (windows enlarged from the scan)",
+    )
 
 
 def level_spec(args: argparse.Namespace) -> LevelSpec:
@@ -36,4 +41,5 @@ def level_spec(args: argparse.Namespace) -> LevelSpec:
         function=args.level_function,
         slide_mpp=args.slide_mpp,
         fallback_mpp=args.fallback_mpp,
+        allow_upsampling=args.allow_upsampling,
     )

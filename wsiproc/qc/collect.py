@@ -201,6 +201,7 @@ def build_qc(
             pen_fraction=pen,
             mpp_source=mpp_source,
             read_error_windows=run.read_errors.windows,
+            upsampled=bool(level.get("upsampled", False)),
             min_tissue_percent=thresholds.min_tissue_percent,
             blur_threshold=thresholds.blur_threshold,
             pen_threshold=thresholds.pen_threshold,

@@ -37,7 +37,9 @@ MIN_TISSUE_PERCENT = 0.5
 SUMMARY_KEYS = ("count", "nan", "mean", "std", "min", "p5", "median", "p95", "max")
 """Keys of each :func:`output_summary` entry, in report order."""
 
-FLAGS = ("no_windows", "no_tissue", "blurry", "pen_marks", "read_errors", "missing_mpp")
+FLAGS = (
+    "no_windows", "no_tissue", "blurry", "pen_marks", "read_errors", "upsampled", "missing_mpp",
+)  # fmt: skip
 """Every flag :func:`flags` can return, in the order it returns them."""
 
 
@@ -266,6 +268,7 @@ def flags(
     pen_fraction: float,
     mpp_source: str | None,
     read_error_windows: int = 0,
+    upsampled: bool = False,
     min_tissue_percent: float = MIN_TISSUE_PERCENT,
     blur_threshold: float = BLUR_THRESHOLD,
     pen_threshold: float = PEN_THRESHOLD,
@@ -276,8 +279,10 @@ def flags(
     tissue, or every window under ``min_tissue``): a result, not an error. ``no_tissue``:
     tissue below ``min_tissue_percent`` % of the thumbnail. ``blurry``: blur score below
     ``blur_threshold``. ``pen_marks``: ink fraction above ``pen_threshold``. ``read_errors``:
-    windows skipped as unreadable (``--on-read-error skip``). ``missing_mpp``: the level's mpp
-    did not come from slide metadata. A NaN metric (unknown) raises no flag of its own.
+    windows skipped as unreadable (``--on-read-error skip``). ``upsampled``: windows were
+    enlarged from level 0 (allowed explicitly). ``missing_mpp``: the slide had no usable mpp,
+    so a fallback (or none) was used; an mpp from the sample sheet is information, not a flag.
+    A NaN metric (unknown) raises no flag of its own.
 
     Examples
     --------
@@ -296,6 +301,8 @@ def flags(
         out.append("pen_marks")
     if read_error_windows > 0:
         out.append("read_errors")
-    if mpp_source != "metadata":
+    if upsampled:
+        out.append("upsampled")
+    if mpp_source in ("fallback", "none"):
         out.append("missing_mpp")
     return out
