@@ -162,8 +162,9 @@ def test_window_mode_pixels_equal_csv_values(tmp_path: Path, wsiproc, seed: int)
 def test_large_raster_is_tiled_pyramid(tmp_path: Path, wsiproc) -> None:
     rng = np.random.default_rng(5)
     csv_path, expected = write_windows(
-        tmp_path, rng=rng, grid_rows=300, grid_cols=520, names=("p",), stride=100, proc_mpp=0.25
-    )
+        tmp_path, rng=rng, grid_rows=300, grid_cols=520, names=("p",), kernel=100, stride=100,
+        proc_mpp=0.25,
+    )  # fmt: skip
     out, rgb = tmp_path / "heatmap.tif", tmp_path / "heatmap_rgb.tif"
     assert wsiproc(csv_path, "--out", out, "--rgb-out", rgb)[0] == 0
     for path in (out, rgb):

@@ -106,6 +106,51 @@ def average_windows(values: np.ndarray, span: int) -> np.ndarray:
     return mean.astype(np.float32)
 
 
+def centring(kernel_size: int, stride: int) -> tuple[int, int]:
+    """``(factor, shift)`` that put each window's value on the stride cell centred on it.
+
+    Window ``(r, c)`` covers ``[c·stride, c·stride + kernel)``; its centre is
+    ``(kernel − stride) / 2`` past its stride cell. The raster is refined ``factor`` times
+    (1, or 2 when that offset is not a whole number of cells) and shifted ``shift`` refined
+    pixels, so every value lands within half a raster pixel of its window's centre, and
+    memory grows at most 4x.
+
+    Examples
+    --------
+    >>> centring(224, 224), centring(224, 112), centring(64, 32), centring(224, 100)
+    ((1, 0), (2, 1), (2, 1), (2, 1))
+    >>> centring(300, 100)
+    (1, 1)
+    """
+    offset = (kernel_size - stride) / 2
+    if offset <= 0:
+        return 1, 0
+    if offset % stride == 0:
+        return 1, int(offset // stride)
+    return 2, round(offset / (stride / 2))
+
+
+def centre_on_windows(values: np.ndarray, factor: int, shift: int) -> np.ndarray:
+    """The window-mode raster refined ``factor`` times and shifted ``shift`` pixels down and
+    right (NaN where no window lands): see :func:`centring`.
+
+    Examples
+    --------
+    >>> v = np.array([[[1.0], [2.0]]], dtype=np.float32)  # one row of two windows
+    >>> centre_on_windows(v, 2, 1)[..., 0]
+    array([[nan, nan, nan, nan, nan],
+           [nan,  1.,  1.,  2.,  2.],
+           [nan,  1.,  1.,  2.,  2.]], dtype=float32)
+    """
+    if factor == 1 and shift == 0:
+        return values
+    rows, cols, bands = values.shape
+    out = np.full((rows * factor + shift, cols * factor + shift, bands), np.nan, np.float32)
+    fine = np.repeat(np.repeat(values, factor, axis=0), factor, axis=1)
+    out[shift:, shift:] = fine
+    return out
+
+
 def pixel_size_um(meta: WindowsRecord) -> tuple[float, float] | None:
     """(x, y) size in µm of one raster pixel: ``stride · proc_mpp / (w, h)``; None if mpp unknown.
 

@@ -17,7 +17,16 @@ from .. import __version__
 from ..colormap import COLORMAP_NAMES, DEFAULT_COLORMAP, colorize, lookup_table, value_range
 from ..errors import ConfigError
 from ..geojson import FeatureWriter
-from ..heatmap import MODES, WindowGrid, average_windows, pixel_size_um, window_span, write_tiff
+from ..heatmap import (
+    MODES,
+    WindowGrid,
+    average_windows,
+    centre_on_windows,
+    centring,
+    pixel_size_um,
+    window_span,
+    write_tiff,
+)
 from ..record import read_record
 from ..table import iter_window_chunks
 
@@ -97,13 +106,21 @@ def run(args: argparse.Namespace) -> int:
                 writer.write(chunk.rows, chunk.cols, chunk.boxes, chunk.tissue, chunk.values)
 
     raster = grid.values
+    factor, shift = 1, 0
     if args.mode == "average" and raster.size:
         raster = average_windows(raster, window_span(meta.kernel_size, meta.stride))
+    elif not meta.is_spatial and raster.size:
+        # Overlapping windows: each value on the stride cell at its window's centre, so the
+        # overlay is not shifted by (kernel - stride) / 2 towards the top left.
+        factor, shift = centring(meta.kernel_size, meta.stride)
+        raster = centre_on_windows(raster, factor, shift)
     if not raster.shape[0] or not raster.shape[1]:
         # No window (slide smaller than one window): one transparent pixel, so every later
         # stage and every viewer still opens the TIFFs.
         raster = np.full((1, 1, raster.shape[2]), np.nan, dtype=np.float32)
     pixel_um = pixel_size_um(meta)
+    if pixel_um is not None:
+        pixel_um = (pixel_um[0] / factor, pixel_um[1] / factor)
     if pixel_um is None:
         log.warning("%s: proc_mpp is null; TIFFs get ResolutionUnit NONE", meta.path)
 
@@ -115,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         window_band = window_band[np.kron(tissue_cells, np.ones((h, w), dtype=bool))]
     vmin, vmax = value_range(window_band, vmin=args.vmin, vmax=args.vmax)
     common = {"wsiproc": __version__, "mode": args.mode, "pixel_size_um": pixel_um}
+    common["window_pixels"] = {"factor": factor, "shift": shift}
     value_desc = {**common, "bands": list(meta.output_names), "stride": meta.stride}
     write_tiff(args.out, raster, pixel_um=pixel_um, description=json.dumps(value_desc))
     rgb_desc = {**common, "output": name, "vmin": vmin, "vmax": vmax, "colormap": args.colormap}
