@@ -842,3 +842,37 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+def _with_mpp(model: Path, mpp: float, input_size: int | None = None) -> Path:
+    side = model.with_name(model.name + ".json")
+    sidecar = json.loads(side.read_text())
+    sidecar["mpp"] = mpp
+    if input_size is not None:
+        sidecar["input_size"] = input_size
+    side.write_text(json.dumps(sidecar))
+    return model
+
+
+def test_model_declared_mpp_sets_the_resolution_and_a_mismatch_is_refused(
+    tiff_slide, tmp_path, capsys
+):
+    """tiff_slide is 0.5 µm/px; the model says it was trained at 1.0 µm/px."""
+    model = _with_mpp(save_torchscript(tmp_path, "m.pt", spatial=False), 1.0, input_size=32)
+    out = tmp_path / "windows.csv"
+    assert infer(tiff_slide, out, 64, 64, "--model", str(model), "--workers", "1") == 0
+    meta = read_meta(out)
+    assert meta["proc_mpp"] == pytest.approx(1.0, rel=0.01) and meta["model_mpp"] == 1.0
+    assert meta["model_input_size"] == 32 and meta["kernel_size"] == 64
+    capsys.readouterr()
+
+    refused = tmp_path / "refused.csv"
+    assert infer(tiff_slide, refused, 64, 64, "--model", str(model), "--mpp", "0.5") == 1
+    line = error_line(capsys)
+    assert "trained at 1 µm/px" in line and "processed at 0.5 µm/px" in line
+    assert str(tiff_slide) in line and "--allow-mpp-mismatch" in line
+    assert not partial_dir(refused).exists()  # refused before any work
+
+    args = ("--model", str(model), "--mpp", "0.5", "--allow-mpp-mismatch", "--workers", "1")
+    assert infer(tiff_slide, refused, 64, 64, *args) == 0
+    assert read_meta(refused)["proc_mpp"] == pytest.approx(0.5)

@@ -618,3 +618,24 @@ def test_demo_pen_slide_heatmap_is_tissue_not_ink(demo: dict) -> None:
     assert table["hematoxylin"].quantile(0.99) < 0.4  # ink reads 0.4 and more
     qc_page = (demo["outdir"] / spec.patient / spec.slide / "qc.html").read_text()
     assert "marker ink in magenta" in qc_page and "Ink left out of the tissue" in qc_page
+
+
+def test_model_trained_at_another_mpp_is_refused_before_any_job(
+    tmp_path: Path, dummy_cohort: Path
+) -> None:
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"not read: the sidecar decides")
+    (tmp_path / "model.pt.json").write_text(json.dumps({"mpp": 0.25}))
+    config = yaml.safe_load(dummy_cohort.read_text())
+    config["model"] = {"path": str(model)}
+    config["level"] = {"mpp": 0.5}
+    write_config(dummy_cohort, config)
+    proc = snakemake(tmp_path, "--configfile", str(dummy_cohort))
+    assert proc.returncode != 0
+    text = output_of(proc)
+    assert "invalid config: model.path:" in text
+    assert "trained at 0.25 µm/px" in text and "processed at 0.5 µm/px" in text
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+    config["model"]["allow_mpp_mismatch"] = True
+    write_config(dummy_cohort, config)
+    assert dry_run(tmp_path, dummy_cohort)  # allowed: it plans

@@ -155,6 +155,56 @@ def sidecar_path(model_path: Path) -> Path:
     return first if first.exists() else model_path.with_suffix(".json")
 
 
+MPP_TOLERANCE = 0.02
+"""A processing mpp within 2% of the model's training mpp counts as the same."""
+
+
+def declared_mpp(source: str) -> float | None:
+    """The µm/px a model file's sidecar says it was trained at (key ``mpp``), without loading
+    the model (so a mismatch is refused before any work); None for built-ins and sidecars
+    without it.
+
+    Raises
+    ------
+    ModelError
+        The sidecar is unreadable or its ``mpp`` is not a positive number.
+    """
+    if source.startswith(BUILTIN_PREFIX):
+        return None
+    side = sidecar_path(Path(source))
+    if not side.exists():
+        return None
+    try:
+        value = json.loads(side.read_text()).get("mpp")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(str(side), f"unreadable model sidecar JSON: {one_line(exc)}") from exc
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ModelError(str(side), f"mpp must be a positive number (µm/px), got {value!r}")
+    return float(value)
+
+
+def check_mpp(source: str, model_mpp: float | None, proc_mpp: float | None, slide: str) -> None:
+    """Refuse a processing resolution the model was not trained at (beyond 2%).
+
+    Raises
+    ------
+    ConfigError
+        Naming both resolutions and the two ways out.
+    """
+    if model_mpp is None or proc_mpp is None:
+        return
+    if abs(proc_mpp / model_mpp - 1) <= MPP_TOLERANCE:
+        return
+    raise ConfigError(
+        "--model",
+        f"{source} was trained at {model_mpp:g} µm/px, but {slide} would be processed at "
+        f"{proc_mpp:.4g} µm/px; process at --mpp {model_mpp:g} (workflow: level.mpp), or "
+        "accept the mismatch with --allow-mpp-mismatch (model.allow_mpp_mismatch: true)",
+    )
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -167,7 +217,8 @@ def file_sha256(path: Path) -> str:
 class TorchScriptModel:
     """A TorchScript file (or a ``torch.export`` ``.pt2`` program) plus its JSON sidecar.
 
-    Sidecar keys (all optional): ``input_size`` (px; windows are resized to it, default the
+    Sidecar keys (all optional): ``mpp`` (µm/px the model was trained at: the processing
+    resolution must match it), ``input_size`` (px; windows are resized to it, default the
     window size), ``mean``/``std`` (per channel, on 0-1 pixels; default 0 and 1),
     ``activation`` (``softmax``, ``sigmoid`` or ``none``), ``output_names`` (C names).
     Lives in the collector process; not picklable.

@@ -82,6 +82,8 @@ class WindowsRecord:
     windows_processed: int | None = None
     windows_skipped: int | None = None
     model: str | None = None
+    model_mpp: float | None = None
+    model_input_size: int | None = None
     reader: str | None = None
     device: str | None = None
     precision: str | None = None
@@ -133,13 +135,13 @@ _REQUIRED = ("grid_rows", "grid_cols", "kernel_size", "stride", "scale", "output
 _INT_KEYS = frozenset(
     {
         "level", "proc_width", "proc_height", "l0_width", "l0_height", "windows_total",
-        "windows_processed", "windows_skipped", "resumed_windows",
+        "windows_processed", "windows_skipped", "resumed_windows", "model_input_size",
     }
 )  # fmt: skip
 _FLOAT_KEYS = frozenset(
     {
         "level_downsample", "resize_factor", "min_tissue", "elapsed_s", "windows_per_s",
-        "stream_windows_per_s",
+        "stream_windows_per_s", "model_mpp",
     }
 )  # fmt: skip
 

@@ -1,6 +1,7 @@
 # The workflow's only Python. In this order, once each: validate the config, read and
 # validate the sample sheet, derive wildcard constraints, then define the get_* helpers and
-# the end-of-run summary. Rules never import wsiproc; they call its CLI, one stage per rule.
+# the end-of-run summary. Rules never import wsiproc; they call its CLI, one stage per rule
+# (the config check of a model's resolution borrows wsiproc's own function, not a copy).
 import atexit
 import importlib.metadata
 import os
@@ -50,6 +51,23 @@ except importlib.metadata.PackageNotFoundError:
     raise WorkflowError(
         "wsiproc is not installed in the Python that runs Snakemake: pip install -e ."
     ) from None
+
+
+# A model that declares its training resolution (sidecar "mpp") must be run at it: a fixed
+# level.mpp is checked here, before any job; other level choices per slide, by infer.
+if config["level"]["mpp"] is not None and not config["model"]["allow_mpp_mismatch"]:
+    from wsiproc.errors import WsiprocError
+    from wsiproc.models import check_mpp, declared_mpp
+
+    try:
+        check_mpp(
+            config["model"]["path"],
+            declared_mpp(config["model"]["path"]),
+            float(config["level"]["mpp"]),
+            "every slide",
+        )
+    except WsiprocError as exc:
+        raise WorkflowError(f"invalid config: model.path: {exc}") from None
 
 
 pathvars:
@@ -171,6 +189,11 @@ def get_model_files(wildcards):
     # wsiproc's sidecar rule: model.pt.json, else model.json; the first that exists wins.
     sidecars = [f"{model}.json", f"{os.path.splitext(model)[0]}.json"]
     return [model, *[p for p in sidecars if os.path.isfile(p)][:1]]
+
+
+def get_mpp_mismatch(wildcards):
+    """`--allow-mpp-mismatch` when model.allow_mpp_mismatch is set, else nothing."""
+    return "--allow-mpp-mismatch" if config["model"]["allow_mpp_mismatch"] else ""
 
 
 def get_infer_gpus(wildcards):

@@ -29,6 +29,7 @@ rule infer:
         on_read_error=lookup(dpath="window/on_read_error", within=config),
         model=get_model,
         precision=lookup(dpath="model/precision", within=config),
+        mpp_mismatch=get_mpp_mismatch,
         batch_size=get_batch_size,
         device=get_device,
         version=WSIPROC_VERSION,
@@ -49,6 +50,7 @@ rule infer:
             --batch-size {params.batch_size} \
             --device {params.device} \
             --precision {params.precision} \
+            {params.mpp_mismatch} \
             --patient {wildcards.patient} \
             --slide-id {wildcards.slide} \
             --quiet \

@@ -76,6 +76,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="fail: stop at the first unreadable region; skip: NaN outputs for its windows, "
         "counted in windows.json and flagged by QC",
     )
+    p.add_argument(
+        "--allow-mpp-mismatch",
+        action="store_true",
+        help="process at a resolution other than the mpp the model's sidecar declares",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: all available cores)")
     p.add_argument("--patient", default="", help="patient id written in every row")
     p.add_argument("--slide-id", default="", help="slide id written in every row (default: stem)")
@@ -88,8 +93,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from ..errors import InputTableError
     from ..level import LevelPlan
+    from ..models import declared_mpp
     from ..stream.engine import InferRequest, run_inference
 
     plan = None
@@ -106,12 +114,19 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         except ImportError:
             pass
+    spec = level_spec(args)
+    chosen = (spec.level, spec.mpp, spec.magnification, spec.function)
+    if plan is None and all(v is None for v in chosen) and not args.collector:
+        # No resolution asked for: the model's own, when its sidecar declares one.
+        model_mpp = declared_mpp(args.model)
+        if model_mpp is not None:
+            spec = replace(spec, mpp=model_mpp)
     req = InferRequest(
         slide=args.slide,
         out=args.out,
         kernel_px=args.kernel_size,
         stride_px=args.stride,
-        spec=level_spec(args),
+        spec=spec,
         plan=plan,
         border=args.border,
         min_tissue=args.min_tissue,
@@ -128,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_px=args.chunk_px,
         on_read_error=args.on_read_error,
         mask=args.mask,
+        allow_mpp_mismatch=args.allow_mpp_mismatch,
     )
     run_inference(req)
     return 0

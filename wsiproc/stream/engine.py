@@ -58,6 +58,7 @@ class InferRequest:
     threads: int | None = None
     on_read_error: str = "fail"
     mask: str | None = None
+    allow_mpp_mismatch: bool = False
 
 
 @dataclass
@@ -181,6 +182,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
     with Slide(req.slide, reader=req.reader) as slide:
         info = slide.info
         plan = req.plan or select_level(info, req.spec)
+        model_mpp = _check_model_mpp(req, plan)
         grid = Grid(
             plan.proc_width, plan.proc_height, req.kernel_px, req.stride_px, req.border, plan.scale
         )
@@ -310,6 +312,8 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         windows_processed=processed,
         windows_skipped=grid.rows * grid.cols - processed,
         model=source,
+        model_mpp=model_mpp,
+        model_input_size=getattr(model, "input_size", None),
         reader=identity.reader,
         device=device,
         precision=req.precision,
@@ -340,6 +344,18 @@ def _why_no_windows(grid: Grid, req: InferRequest) -> str:
             f"resolution, smaller than one {req.kernel_px} px window"
         )
     return f"no window has tissue >= {req.min_tissue}"
+
+
+def _check_model_mpp(req: InferRequest, plan: LevelPlan) -> float | None:
+    """The model's declared training mpp, after refusing a mismatched plan (before any work)."""
+    if req.collector:
+        return None
+    from ..models import check_mpp, declared_mpp
+
+    model_mpp = declared_mpp(req.model)
+    if not req.allow_mpp_mismatch:
+        check_mpp(req.model, model_mpp, plan.proc_mpp, req.slide)
+    return model_mpp
 
 
 def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str]:
