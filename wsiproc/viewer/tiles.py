@@ -177,7 +177,7 @@ def halve(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     --------
     >>> a = np.arange(12, dtype=np.uint8).reshape(2, 3, 2)
     >>> halve(a, 2, 1)[..., 0].tolist()
-    [[4, 8]]
+    [[4, 7]]
     """
     h, w = pixels.shape[:2]
     pad = ((0, 2 * height - h), (0, 2 * width - w), (0, 0))
