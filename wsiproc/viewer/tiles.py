@@ -6,8 +6,10 @@ libvips and OpenSlide decode in parallel without the GIL), so tiles are made in 
 
 Memory stays bounded whatever the slide's size: a tile reads at most about twice its size from
 the pyramid level just finer than it. Where the slide has no level that close (the top of the
-Deep Zoom pyramid, above the slide's coarsest level), a tile is built from its four children,
-recursively, each child again read that way, so the whole slide is never in memory.
+Deep Zoom pyramid, above the slide's coarsest level), a tile is built from the region under it
+one Deep Zoom level finer, halved, recursively, in quarters once that region grows past
+:data:`SPLIT_PX`: the whole slide is never in memory, and each read is a few hundred pixels
+wide, never one pixel.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ JPEG_QUALITY = 85
 
 DIRECT_READ_MAX_FACTOR = 2.0
 """A tile is read straight from a slide level at most this many times finer than the tile;
-beyond that it is built from its four children."""
+beyond that it is built from the next Deep Zoom level."""
+
+SPLIT_PX = 512
+"""Regions of the next level wider or taller than this are built in four quarters, so no
+array is larger than about 1024×1024 pixels however many levels the recursion descends."""
 
 
 class SlidePool:
@@ -139,13 +145,16 @@ class SlideTiler:
             return self._read(slide, slide_level, downsample, x0, y0, x1, y1)
         child_w, child_h = self.deepzoom.level_dimensions[level + 1]
         cx0, cy0, cx1, cy1 = 2 * x0, 2 * y0, min(2 * x1, child_w), min(2 * y1, child_h)
-        children = np.empty((cy1 - cy0, cx1 - cx0, 3), dtype=np.uint8)
-        mid_x, mid_y = min(cx0 + (x1 - x0), cx1), min(cy0 + (y1 - y0), cy1)
-        for ya, yb in ((cy0, mid_y), (mid_y, cy1)):
-            for xa, xb in ((cx0, mid_x), (mid_x, cx1)):
-                if xb > xa and yb > ya:
-                    part = self._region(slide, level + 1, xa, ya, xb, yb)
-                    children[ya - cy0 : yb - cy0, xa - cx0 : xb - cx0] = part
+        if cx1 - cx0 <= SPLIT_PX and cy1 - cy0 <= SPLIT_PX:
+            children = self._region(slide, level + 1, cx0, cy0, cx1, cy1)
+        else:
+            children = np.empty((cy1 - cy0, cx1 - cx0, 3), dtype=np.uint8)
+            mid_x, mid_y = min(cx0 + (x1 - x0), cx1), min(cy0 + (y1 - y0), cy1)
+            for ya, yb in ((cy0, mid_y), (mid_y, cy1)):
+                for xa, xb in ((cx0, mid_x), (mid_x, cx1)):
+                    if xb > xa and yb > ya:
+                        part = self._region(slide, level + 1, xa, ya, xb, yb)
+                        children[ya - cy0 : yb - cy0, xa - cx0 : xb - cx0] = part
         return halve(children, x1 - x0, y1 - y0)
 
     @staticmethod
