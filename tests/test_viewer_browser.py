@@ -289,3 +289,26 @@ def test_window_outlines_appear_only_at_high_zoom(known_page: Chromium) -> None:
     known_page.evaluate("void wsiproc.viewer.viewport.zoomTo(0.15, null, true)")
     wait_idle(known_page)
     assert outline_pixels() == 0
+
+
+@pytest.mark.parametrize("slide", ["SECOND", "GLASS", "EMPTY"])
+def test_every_slide_page_of_the_run_loads(browser: Chromium, viewer_server, slide: str) -> None:
+    """Flagged and failed slides too: a slide without windows shows the slide alone, a slide
+    that never opened says why; no request fails."""
+    browser.navigate(viewer_server.url + f"slide/{slide}")
+    wait_idle(browser)
+    responses = [
+        e["params"]["response"]
+        for e in browser.events
+        if e.get("method") == "Network.responseReceived"
+    ]
+    failed = [(r["url"], r["status"]) for r in responses if r["status"] != 200]
+    assert not [f for f in failed if not f[0].endswith("/favicon.ico")], failed
+    settings = browser.evaluate("wsiproc.settings")
+    if slide == "EMPTY":
+        assert settings["dzi"] is None
+        text = browser.evaluate("document.body.textContent")
+        assert "file is empty (0 bytes)" in text and "cannot be shown" in text
+    else:
+        assert any("/slide_files/" in r["url"] for r in responses)
+        assert settings["mpp"] == pytest.approx(0.5)

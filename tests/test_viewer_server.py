@@ -228,3 +228,40 @@ def test_port_in_use_is_one_error_line(viewer_server, viewer_run, capsys) -> Non
     assert main(["view", str(viewer_run.results), "--port", str(port)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --port: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_catalog_follows_a_rewritten_summary_and_skips_rows_leaving_the_folder(
+    tmp_path: Path,
+) -> None:
+    from wsiproc.viewer.catalog import Catalog
+
+    summary = tmp_path / "summary.tsv"
+    summary.write_text("patient\tslide_id\tstatus\tflags\nP1\tA\tok\tOK\n")
+    catalog = Catalog(tmp_path)
+    assert [(e.slide_id, e.status, e.flags) for e in catalog.entries()] == [("A", "ok", ())]
+    summary.write_text(
+        "patient\tslide_id\tstatus\tflags\nP1\tA\tflagged\tblurry,pen_marks\n"
+        "..\tB\tok\tOK\nP2\t..\tok\tOK\nP3\tC\tnot run\tNA\n"
+    )
+    entries = catalog.entries()
+    assert [(e.slide_id, e.status, e.flags) for e in entries] == [
+        ("A", "flagged", ("blurry", "pen_marks")),
+        ("C", "not run", ()),
+    ]
+    assert entries[0].folder == tmp_path.resolve() / "P1" / "A"
+    assert catalog.get("B") is None
+
+
+def test_qc_html_outside_the_workflow_layout_gives_the_general_command(
+    viewer_run, tmp_path: Path
+) -> None:
+    folder = viewer_run.results / "P1" / "KNOWN"
+    _, slide = viewer_run.slides["KNOWN"]
+    html_path = tmp_path / "qc.html"
+    code = main(
+        ["qc", str(slide), "--level-json", str(folder / "level.json"),
+         "--windows", str(folder / "windows.csv"), "--out", str(tmp_path / "qc.json"),
+         "--html", str(html_path)]
+    )  # fmt: skip
+    assert code == 0
+    assert "<code>wsiproc view RESULTS_DIR</code>" in html_path.read_text()
