@@ -256,8 +256,10 @@ def main() -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         slide = make_slide(workdir / f"bench_{width}x{height}.tif", width, height, seed=3)
         results = make_run(workdir, slide)
+        load_before = os.getloadavg()[0]
         report = measure(results, width, height, n_tiles)
     report["machine"] = {
+        "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),

@@ -265,3 +265,51 @@ def test_qc_html_outside_the_workflow_layout_gives_the_general_command(
     )  # fmt: skip
     assert code == 0
     assert "<code>wsiproc view RESULTS_DIR</code>" in html_path.read_text()
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_serving_every_tile_of_a_slide_keeps_memory_bounded(tmp_path: Path) -> None:
+    """Every full-resolution tile of an 8000×6000 slide (144 MB of pixels) through a 1 MB
+    cache: the server's memory stays near where it started, far below the slide's size."""
+    import pyvips
+
+    from wsiproc.synth import tissue_image
+
+    small = pyvips.Image.new_from_array(tissue_image(1000, 750, seed=5)).copy(interpretation="srgb")
+    big = small.resize(8, kernel="linear")
+    noise = pyvips.Image.gaussnoise(big.width, big.height, sigma=9)
+    textured = (big + noise.bandjoin([noise, noise])).cast("uchar").copy(interpretation="srgb")
+    slide = tmp_path / "big.tif"
+    options = {"tile_width": 256, "tile_height": 256, "xres": 4000.0, "yres": 4000.0}
+    textured.tiffsave(str(slide), tile=True, pyramid=True, compression="jpeg", Q=85, **options)
+    results = tmp_path / "results"
+    (results / "P" / "BIG").mkdir(parents=True)
+    assert main(["level", str(slide), "--out", str(results / "P/BIG/level.json")]) == 0
+    (results / "summary.tsv").write_text("patient\tslide_id\tstatus\tflags\nP\tBIG\tok\tOK\n")
+    server = ViewerProcess(results, "--cache-mb", "1")
+    try:
+        parts = urlsplit(server.url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        conn.request("GET", "/slide/BIG/slide_files/13/0_0.jpeg")
+        conn.getresponse().read()
+        start = _rss_mb(server.proc.pid)
+        served = 0
+        for row in range(24):  # 8000×6000 at level 13: 32×24 tiles of 254 pixels
+            for col in range(32):
+                conn.request("GET", f"/slide/BIG/slide_files/13/{col}_{row}.jpeg")
+                response = conn.getresponse()
+                served += len(response.read())
+                assert response.status == 200
+        end = _rss_mb(server.proc.pid)
+        conn.close()
+    finally:
+        server.stop()
+    assert served > 2 * 2**20  # more than the cache holds
+    assert end - start < 40, (start, end)
