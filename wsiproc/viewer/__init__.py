@@ -2,7 +2,8 @@
 
 Modules: :mod:`.deepzoom` (tile geometry), :mod:`.tiles` (slide tiles), :mod:`.overlay`
 (heatmap tiles), :mod:`.windows` (CSV rows in place), :mod:`.catalog` (the run's slides),
-:mod:`.resources` (what is open), :mod:`.cache` (tile cache), :mod:`.pages` (HTML),
+:mod:`.resources` (what is open), :mod:`.cache` (tile cache), :mod:`.memory` (heap
+trimming), :mod:`.pages` (HTML),
 :mod:`.app` (routes), :mod:`.server` (HTTP transport); ``static/`` holds the page's script and
 the vendored OpenSeadragon with its licence.
 """

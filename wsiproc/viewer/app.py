@@ -25,6 +25,7 @@ from ..errors import WsiprocError
 from ..qc.render import VIEWER_HINT_CLASS, VIEWER_LINK_CLASS
 from .cache import TileCache
 from .catalog import Catalog, SlideEntry
+from .memory import MemoryTrimmer
 from .overlay import encode_png
 from .pages import render_index, render_slide
 from .resources import ResourceRegistry, SlideResources
@@ -97,6 +98,7 @@ class Viewer:
         self.cache = TileCache(int(cache_mb * 1024 * 1024))
         self.registry = ResourceRegistry(max_open=max_open, max_handles=max_handles)
         self.static = _static_files()
+        self.trimmer = MemoryTrimmer()
         self._colormaps: dict[str, bytes] = {}
 
     def __repr__(self) -> str:
@@ -235,6 +237,8 @@ class Viewer:
                 data = render()
             except WsiprocError as exc:
                 return Response(500, f"{exc}\n".encode())
+            finally:
+                self.trimmer.rendered()
             if data is None:
                 return not_found()
             self.cache.put(key, data)

@@ -8,7 +8,6 @@ end :func:`serve` normally, so the caller closes the slides and exits 0.
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import signal
 import socket
@@ -20,28 +19,6 @@ from types import FrameType
 
 from ..errors import ConfigError
 from .app import Response, Viewer
-
-MMAP_THRESHOLD_BYTES = 64 * 1024
-"""Allocations at least this large get their own mapping, unmapped when freed (see
-:func:`free_memory_promptly`)."""
-
-
-def free_memory_promptly() -> bool:
-    """Make glibc give large freed buffers back to the system at once; True if it could.
-
-    glibc raises its mmap threshold each time a large mapped buffer is freed, after which
-    tile-sized buffers (decoded tiles, crops: 64 KiB to 1 MiB) come from heaps it seldom
-    shrinks: a viewer swept over a 20000×15000 slide grew to 900 MB with an 8 MB tile cache,
-    although every buffer had been freed (``malloc_trim`` gave it all back). A fixed threshold
-    keeps it at its start size. A no-op where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_mmap_threshold = -3  # from <malloc.h>
-    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES))
 
 
 class _Stop(Exception):
@@ -134,7 +111,6 @@ def serve(viewer: Viewer, *, host: str, port: int, on_ready: Callable[[str], Non
     ConfigError
         The address cannot be bound (in use, not this machine's, no permission).
     """
-    free_memory_promptly()
     try:
         server = ViewerServer((host, port), viewer)
     except OSError as exc:
