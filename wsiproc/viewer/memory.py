@@ -2,7 +2,7 @@
 
 glibc keeps freed memory in per-thread heaps for reuse, and the buffers a tile passes through
 (decoded slide tiles in libvips' worker threads, crops, arrays, encoders: 64 KiB to 1 MiB)
-fragment them: a viewer swept over every tile of a 20000×15000 slide grew to 900 MB with an
+fragment them: a viewer swept over every tile of a 20000×15000 slide grew to 944 MB with an
 8 MB tile cache, although everything had been freed (``malloc_trim`` gave it all back).
 Trimming after every :data:`TRIM_EVERY` tiles keeps it near its start size at no measurable
 cost to a tile (median 3.8–4.2 ms against 5.0–5.2 ms untrimmed, 600 tiles each, on the 2-core
