@@ -141,7 +141,8 @@ class ViewerProcess:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         self.url = self._wait_for_url(timeout_s)
 
     def _read(self) -> None:
@@ -168,12 +169,14 @@ class ViewerProcess:
                 return match.group(1)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:
-        """Send ``sig`` and wait for the exit code."""
+        """Send ``sig`` and wait for the exit code (and for its last output line)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout=timeout_s)
+            code = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
             raise
+        self._reader.join(timeout=10)
+        return code
