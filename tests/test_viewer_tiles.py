@@ -227,3 +227,27 @@ def test_tile_cache_is_safe_across_threads() -> None:
         t.join()
     assert cache.size_bytes <= 5_000
     assert cache.size_bytes == sum(len(v) for v in cache._items.values())
+
+
+def test_viewer_objects_say_what_they_hold(viewer_run) -> None:
+    from wsiproc.viewer import Viewer
+    from wsiproc.viewer.memory import MemoryTrimmer
+    from wsiproc.viewer.resources import ResourceRegistry
+
+    viewer = Viewer(viewer_run.results, cache_mb=1, max_open=2, max_handles=2)
+    try:
+        entry = viewer.catalog.get("SECOND")
+        res = viewer.registry.get(entry)
+        assert repr(viewer.catalog) == f"Catalog({str(viewer.results)!r}, 4 slides)"
+        assert repr(res.tiler) == f"SlideTiler({str(res.tiler.pool.path)!r}, levels=12)"
+        assert repr(res.tiler.pool).startswith(f"SlidePool({str(res.tiler.pool.path)!r}, open=")
+        assert repr(res.raster).endswith("('mean_r', 'mean_g', 'mean_b'))")
+        assert repr(res.table).endswith("windows.csv', grid=14x18)")
+        assert repr(viewer).startswith(f"Viewer({str(viewer.results)!r}, TileCache(0 tiles, 0/")
+        assert repr(viewer.registry) == "ResourceRegistry(['SECOND'], max_open=2)"
+        assert repr(ResourceRegistry(max_open=3, max_handles=1)) == (
+            "ResourceRegistry([], max_open=3)"
+        )
+        assert repr(MemoryTrimmer(5)) == "MemoryTrimmer(every=5, trims=0)"
+    finally:
+        viewer.close()
