@@ -134,3 +134,23 @@ def not_a_slide(slide_dir: Path) -> Path:
     path = slide_dir / "notes.tif"
     path.write_text("this is a text file, not a slide\n", encoding="utf-8")
     return path
+
+
+# --- the viewer (issue 10) -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def viewer_run(tmp_path_factory: pytest.TempPathFactory):
+    """A small workflow run (four slides of two patients: ok, flagged and failed ones, and one
+    slide with a known heatmap) in the workflow's layout, made once per session."""
+    from viewer_run import build_run
+
+    return build_run(tmp_path_factory.mktemp("viewer_run"))
+
+
+@pytest.fixture(scope="session")
+def viewer_server(viewer_run):
+    """A real ``wsiproc view`` process serving :func:`viewer_run`, stopped at the end."""
+    from viewer_run import ViewerProcess
+
+    server = ViewerProcess(viewer_run.results)
+    yield server
+    server.stop()

@@ -14,7 +14,18 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import WsiprocError
 
-STAGES = ("info", "level", "infer", "patient_csv", "heatmap", "qc", "report", "status", "demo")
+STAGES = (
+    "info",
+    "level",
+    "infer",
+    "patient_csv",
+    "heatmap",
+    "qc",
+    "report",
+    "status",
+    "demo",
+    "view",
+)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -39,4 +39,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"config:       {config}")
     print("run the workflow from the repository root with:")
     print(f"  snakemake --cores 2 --configfile {config}")
+    print("then look at the slides and their heatmaps with:")
+    print(f"  wsiproc view {directory / 'results'}")
     return 0

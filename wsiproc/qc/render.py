@@ -10,9 +10,11 @@ import base64
 import html
 import io
 import math
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -139,11 +141,46 @@ def _figure(uri: str, caption: str, css_class: str = "chart") -> str:
     return f"<figure>{img}<figcaption>{alt}</figcaption></figure>\n"
 
 
-def render_slide_html(qc: SlideQC) -> str:
-    """The self-contained ``qc.html`` page of one slide (no scripts, no external resources)."""
+VIEWER_LINK_CLASS = "wsiproc-view"
+"""Class of the links to the viewer's slide pages: hidden in the file, shown by ``wsiproc
+view`` when it serves the page (the links lead nowhere from disk)."""
+
+VIEWER_HINT_CLASS = "wsiproc-view-hint"
+"""Class of the paragraph giving the command that opens the viewer (hidden when served)."""
+
+
+def viewer_page_path(slide_id: str) -> str:
+    """The path at which ``wsiproc view`` serves a slide's page; defined here, before the
+    viewer, because the reports link to it and the viewer only reads them."""
+    return f"/slide/{quote(slide_id, safe='')}"
+
+
+def viewer_hint_html(results: str | Path | None) -> str:
+    """A paragraph with the exact command that serves ``results`` in the viewer."""
+    target = shlex.quote(str(Path(results).resolve())) if results is not None else "RESULTS_DIR"
+    return (
+        f'<p class="{VIEWER_HINT_CLASS}">Pan and zoom the slide with its heatmap: run '
+        f"<code>wsiproc view {html.escape(target)}</code> and open the address it prints.</p>"
+    )
+
+
+def viewer_link_html(slide_id: str, text: str) -> str:
+    """A link to the slide's viewer page, hidden until ``wsiproc view`` serves this page."""
+    href = html.escape(viewer_page_path(slide_id), quote=True)
+    return f'<a class="{VIEWER_LINK_CLASS}" href="{href}" hidden>{html.escape(text)}</a>'
+
+
+def render_slide_html(qc: SlideQC, *, results: str | Path | None = None) -> str:
+    """The self-contained ``qc.html`` page of one slide (no scripts, no external resources).
+
+    ``results`` is the workflow's results folder, named in the viewer command.
+    """
     rec = qc.record
     name = f"{_fmt(rec.get('patient'))} / {_fmt(rec.get('slide_id'))}"
     parts = [f"<h1>QC: {html.escape(name)}</h1>"]
+    if rec.get("slide_id"):
+        parts.append(f"<p>{viewer_link_html(str(rec['slide_id']), 'Open in the viewer')}</p>")
+    parts.append(viewer_hint_html(results))
     if rec["flags"]:
         parts.append(f'<div class="banner bad">{html.escape(", ".join(rec["flags"]))}</div>')
     else:
@@ -199,7 +236,11 @@ def render_slide_html(qc: SlideQC) -> str:
 
 
 def write_qc_html(qc: SlideQC, path: str | Path) -> None:
-    """Write ``qc.html`` atomically."""
-    page = render_slide_html(qc)
+    """Write ``qc.html`` atomically; in the workflow's layout
+    (``{results}/{patient}/{slide}/qc.html``) its viewer command names ``{results}``."""
+    folder = Path(path).resolve().parent
+    rec = qc.record
+    in_layout = (folder.name, folder.parent.name) == (rec.get("slide_id"), rec.get("patient"))
+    page = render_slide_html(qc, results=folder.parents[1] if in_layout else None)
     with atomic_write(path) as fh:
         fh.write(page)

@@ -20,7 +20,14 @@ from ..errors import WsiprocError
 from . import metrics
 from .collect import load_qc
 from .inputs import load_rgb, resolve_recorded
-from .render import html_cell, html_page, html_table, png_data_uri
+from .render import (
+    html_cell,
+    html_page,
+    html_table,
+    png_data_uri,
+    viewer_hint_html,
+    viewer_link_html,
+)
 
 QC_COLUMNS = (
     "level", "proc_mpp", "mpp_source", "windows_total", "windows_processed", "windows_skipped",
@@ -147,7 +154,8 @@ def _slides_html(rows: Sequence[dict[str, Any]], report_dir: str | Path) -> str:
         if r["qc_html"] is not None:
             link = html.escape(Path(r["qc_html"]).as_posix(), quote=True)
             image = f'<a href="{link}"><img src="{thumb}" alt="thumbnail"></a>' if thumb else ""
-            qc_cell = f'<td><a href="{link}">qc</a></td>'
+            view = viewer_link_html(r["slide_id"], "view")
+            qc_cell = f'<td><a href="{link}">qc</a> {view}</td>'
         else:
             image = ""
             qc_cell = f"<td>{_link(r['log'], report_dir, 'log')}</td>" if r["log"] else "<td></td>"
@@ -173,6 +181,7 @@ def render_cohort_html(
         "<h1>wsiproc QC report</h1>",
         f'<div class="banner {banner}">{len(rows)} slides: '
         f"{html.escape(cohort.counts_text())}</div>",
+        viewer_hint_html(report_dir),
     ]
     if failed:
         parts += ["<h2>Failed slides</h2>", _failed_html(failed, report_dir)]
