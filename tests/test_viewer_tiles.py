@@ -251,3 +251,30 @@ def test_viewer_objects_say_what_they_hold(viewer_run) -> None:
         assert repr(MemoryTrimmer(5)) == "MemoryTrimmer(every=5, trims=0)"
     finally:
         viewer.close()
+
+
+def test_click_with_overlapping_windows_picks_the_window_centred_there(tmp_path):
+    """kernel 64, stride 32: the heatmap colours each window's centre cell (shifted 16 px),
+    so a click there must name that window, not its upper-left neighbour."""
+    from wsiproc import table
+    from wsiproc.heatmap import centring
+    from wsiproc.record import WindowsRecord
+
+    kernel, stride, scale = 64, 32, 2.0
+    rows, cols = np.mgrid[0:4, 0:5]
+    rows, cols = rows.ravel(), cols.ravel()
+    boxes = np.stack(
+        [cols * stride * scale, rows * stride * scale, np.full(20, kernel * scale),
+         np.full(20, kernel * scale)], axis=1,
+    ).astype(np.int64)  # fmt: skip
+    values = (rows * 10 + cols).astype(np.float32)[:, None]
+    body = table.format_rows("P", "S", rows, cols, boxes, 0, np.ones(20, np.float32), values)
+    csv_path = tmp_path / "windows.csv"
+    csv_path.write_text(",".join(table.header(["v"])) + "\n" + body)
+    record = WindowsRecord(4, 5, kernel, stride, 0.5, scale, ("v",), ("v",), (1,))
+    found = WindowTable(csv_path, record, window_pixels=centring(kernel, stride))
+    for r, c in ((0, 0), (2, 3), (3, 4)):
+        centre_x = (c * stride + kernel / 2) * scale
+        centre_y = (r * stride + kernel / 2) * scale
+        row, col, fields = found.window_at(centre_x, centre_y)
+        assert (row, col) == (r, c) and fields is not None and float(fields[-1]) == r * 10 + c

@@ -34,8 +34,11 @@ class HeatmapRaster:
     """``heatmap.tif`` of one slide, bands named by its ``windows.json``.
 
     Raster cell (i, j) covers level-0 pixels ``[j·cell_x, (j+1)·cell_x) × [i·cell_y, …)``
-    with ``cell = stride · scale / block`` (``docs/contracts.md``). Pages of the pyramid are
-    opened once and shared: libvips images are immutable, so this object is thread-safe.
+    with ``cell = stride · scale / (block · factor)``, ``factor`` being the refinement
+    ``wsiproc heatmap`` applied to centre overlapping windows (``window_pixels`` in the TIFF's
+    description; its shift is already in the raster as empty cells, ``docs/contracts.md``).
+    Pages of the pyramid are opened once and shared: libvips images are immutable, so this
+    object is thread-safe.
 
     Raises
     ------
@@ -50,8 +53,13 @@ class HeatmapRaster:
 
         self.path = str(path)
         self.record = record
+        self._preset = _recorded_range(rgb_path)
+        pixels = self._preset.get("window_pixels")
+        pixels = pixels if isinstance(pixels, dict) else {}
+        self.window_pixels = (int(pixels.get("factor", 1)), int(pixels.get("shift", 0)))
+        """(factor, shift) of :func:`wsiproc.heatmap.centring` the raster was made with."""
         block_h, block_w = record.block_shape
-        cell_l0 = record.stride * record.scale
+        cell_l0 = record.stride * record.scale / self.window_pixels[0]
         self.cell_l0 = (cell_l0 / block_w, cell_l0 / block_h)
         try:
             first = pyvips.Image.new_from_file(self.path, access="random")
@@ -69,7 +77,6 @@ class HeatmapRaster:
             )
             raise InputTableError(self.path, problem)
         self.outputs = record.output_names
-        self._preset = _recorded_range(rgb_path)
         self._ranges: dict[int, tuple[float, float]] = {}
         self._lock = threading.Lock()
 

@@ -117,10 +117,10 @@ def _open(
     overlay_error = None
     try:
         record = read_record(entry.file("windows.json"))
-        table = WindowTable(entry.file("windows.csv"), record)
         raster = HeatmapRaster(
             entry.file("heatmap.tif"), record, rgb_path=entry.file("heatmap_rgb.tif")
         )
+        table = WindowTable(entry.file("windows.csv"), record, window_pixels=raster.window_pixels)
     except WsiprocError as exc:
         overlay_error = str(exc)
     return SlideResources(

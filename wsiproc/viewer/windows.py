@@ -34,7 +34,13 @@ class WindowTable:
         From the constructor: the CSV is missing or not a windows CSV.
     """
 
-    def __init__(self, path: str | os.PathLike[str], record: WindowsRecord) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        record: WindowsRecord,
+        *,
+        window_pixels: tuple[int, int] = (1, 0),
+    ) -> None:
         self.path = str(path)
         self.record = record
         self.columns = read_header(self.path)
@@ -43,6 +49,10 @@ class WindowTable:
             self._data_start = fh.tell()
         self.cell_l0 = record.stride * record.scale
         """Level-0 pixels between window origins (``stride · scale``)."""
+        factor, shift = window_pixels
+        self.offset_l0 = shift * self.cell_l0 / factor
+        """Where the heatmap colours window (0, 0): its stride cell moved to the window's
+        centre when windows overlap (:func:`wsiproc.heatmap.centring`)."""
 
     def __repr__(self) -> str:
         return f"WindowTable({self.path!r}, grid={self.record.grid_rows}x{self.record.grid_cols})"
@@ -68,7 +78,8 @@ class WindowTable:
     def window_at(self, l0_x: float, l0_y: float) -> tuple[int, int, list[str] | None] | None:
         """(row, col, fields) of the window whose stride cell holds level-0 point (x, y) (the
         cell the heatmap colours), fields None if it was not processed; None off the grid."""
-        row, col = math.floor(l0_y / self.cell_l0), math.floor(l0_x / self.cell_l0)
+        row = math.floor((l0_y - self.offset_l0) / self.cell_l0)
+        col = math.floor((l0_x - self.offset_l0) / self.cell_l0)
         if not (0 <= row < self.record.grid_rows and 0 <= col < self.record.grid_cols):
             return None
         fields = self.find(row, col)
