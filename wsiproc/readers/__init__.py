@@ -1,4 +1,4 @@
-"""Pixel readers behind :class:`wsiproc.slide.Slide`: the protocol, two implementations, the probe."""
+"""Pixel readers behind :class:`wsiproc.slide.Slide`: protocol, two implementations, probe."""
 
 from .base import L0Box, Reader
 from .probe import PYVIPS_VENDORS, READERS, choose_reader
