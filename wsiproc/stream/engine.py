@@ -179,13 +179,20 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         info = slide.info
         plan = req.plan or select_level(info, req.spec)
         grid = Grid(
-            plan.proc_width, plan.proc_height, req.kernel_px, req.stride_px, req.border, plan.scale
+            plan.proc_width,
+            plan.proc_height,
+            req.kernel_px,
+            req.stride_px,
+            req.border,
+            plan.scale,
+            proc_x0=plan.proc_x0,
+            proc_y0=plan.proc_y0,
         )
         # Tile-aligned chunks when windows are read as stored (no resize): no tile decoded twice.
         tile_px = slide.tile_size(plan.level) if plan.resize_factor == 1.0 else None
         pipeline.start(plan, grid, slide.reader)
         mask = tissue_mask(slide.thumbnail_rgb(THUMBNAIL_PX)) if grid.rows and grid.cols else None
-        tissue = window_tissue(grid, mask, info.width, info.height)
+        tissue = window_tissue(grid, mask, info.l0_bounds)
         stream = plan_stream(
             grid,
             tissue,
@@ -299,6 +306,13 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         windows_skipped=grid.rows * grid.cols - processed,
         model=source,
         reader=identity.reader,
+        reader_reason=info.reader_reason,
+        proc_x0=grid.proc_x0,
+        proc_y0=grid.proc_y0,
+        l0_bounds_x=info.l0_bounds.x,
+        l0_bounds_y=info.l0_bounds.y,
+        l0_bounds_width=info.l0_bounds.width,
+        l0_bounds_height=info.l0_bounds.height,
         device=device,
         precision=req.precision,
         mpp_source=plan.mpp_source,
