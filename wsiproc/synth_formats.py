@@ -38,7 +38,11 @@ def _pyramid(image: np.ndarray, factor: int, levels: int) -> list[np.ndarray]:
 
 def _tiled(quality: int) -> dict[str, object]:
     """tifffile keywords of a tiled JPEG page."""
-    return {"tile": (TILE_PX, TILE_PX), "compression": "jpeg", "compressionargs": {"level": quality}}
+    return {
+        "tile": (TILE_PX, TILE_PX),
+        "compression": "jpeg",
+        "compressionargs": {"level": quality},
+    }
 
 
 def write_philips_tiff(
@@ -80,8 +84,8 @@ def write_philips_tiff(
     pyramid = _pyramid(image, 2, levels)
 
     def spacing(level: int) -> str:
-        mm = mpp * 2**level / 1000
-        return f'<Attribute Name="DICOM_PIXEL_SPACING">&quot;{mm:.9g}&quot; &quot;{mm:.9g}&quot;</Attribute>'
+        mm = f"&quot;{mpp * 2**level / 1000:.9g}&quot;"
+        return f'<Attribute Name="DICOM_PIXEL_SPACING">{mm} {mm}</Attribute>'
 
     representations = "".join(
         f'<DataObject ObjectType="PixelDataRepresentation">{spacing(i)}'
