@@ -136,3 +136,37 @@ def test_end_to_end_mean_rgb_matches_openslide(request, fixture, tmp_path, capsy
             assert value[0] == pytest.approx(got[0], abs=1e-4)
     finally:
         osr.close()
+
+
+def test_missing_first_tile_goes_to_openslide(tmp_path):
+    """A generic TIFF whose first tile is absent (byte count 0): libvips fails on it, OpenSlide
+    draws it transparent, so the probe picks OpenSlide and the slide reads white there."""
+    import imagecodecs
+
+    image = np.full((512, 512, 3), 120, dtype=np.uint8)
+    tiles = [b""] + [imagecodecs.jpeg8_encode(image[:256, :256], level=90)] * 3
+    path = tmp_path / "sparse.tif"
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(
+            iter(tiles), shape=(512, 512, 3), dtype="uint8", tile=(256, 256),
+            compression="jpeg", photometric="rgb", metadata=None,
+        )  # fmt: skip
+    with Slide(path) as slide:
+        assert slide.info.vendor == "generic-tiff" and slide.reader == "openslide"
+        assert "libvips cannot decode level 0's first tile" in slide.info.reader_reason
+        region = slide.read_region_rgb(0, 200, 200, 112, 112)
+    assert (region[:56, :56] == 255).all()
+    assert np.abs(region[56:, 56:].astype(int) - 120).max() <= 2
+
+
+def test_readers_repr(tiff_slide, jp2k_svs):
+    from wsiproc.readers import choose_reader
+
+    for path, expected in ((tiff_slide, "PyvipsReader(levels="), (jp2k_svs, "OpenSlideReader")):
+        osr = openslide.OpenSlide(str(path))
+        try:
+            reader, _ = choose_reader(str(path), osr)
+            assert repr(reader).startswith(expected)
+            reader.close()
+        finally:
+            osr.close()

@@ -1,10 +1,7 @@
 """Which reader decodes a slide, and why: decided once per open by a probe costing milliseconds.
 
-The one place that knows the readers' limits. libvips (pyvips-binary) reads plain TIFF pages
-fast but lacks JPEG 2000 and knows no vendor layout; OpenSlide reads everything it opens.
-So a slide goes to pyvips only when every level is a TIFF page libvips opens *and* decodes:
-the first tile of each level is decoded, and a failure that is not a corrupt tile (a codec
-libvips lacks, a missing tile) sends the slide to OpenSlide, with the reason recorded.
+libvips (pyvips-binary) reads plain TIFF pyramids fast but lacks JPEG 2000 and vendor layouts;
+OpenSlide reads all it opens. The first tile of each level is decoded with pyvips to decide.
 """
 
 from __future__ import annotations

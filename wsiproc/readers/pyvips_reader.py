@@ -1,9 +1,7 @@
-"""The pyvips reader: plain TIFF pages (generic pyramidal TIFF, Aperio SVS) through libvips.
+"""The pyvips reader: plain TIFF pyramids (generic TIFF, Aperio SVS) through libvips.
 
-About 2.5x faster than OpenSlide's premultiplied-RGBA path on these layouts, and
-pixel-identical at level 0 (both use libjpeg-turbo). Usable only where each OpenSlide level
-is one TIFF page of exactly that size and libvips has the page's codec; the probe
-(:mod:`.probe`) checks both before a slide is read this way.
+About 2.5x faster than OpenSlide's premultiplied-RGBA path there, pixel-identical at level 0;
+usable only where the probe (:mod:`.probe`) found every level a TIFF page libvips decodes.
 """
 
 from __future__ import annotations
