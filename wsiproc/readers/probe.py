@@ -61,7 +61,7 @@ def _probe_pyvips(path: str, osr: Any) -> tuple[PyvipsReader | None, str]:
     props = osr.properties
     vendor = props.get("openslide.vendor")
     if vendor not in PYVIPS_VENDORS:
-        return None, f"vendor {vendor!r} is not a plain TIFF pyramid (all libvips reads)"
+        return None, f"vendor {vendor!r} is not a plain TIFF pyramid, the only layout libvips reads"
     if "openslide.bounds-x" in props:
         return None, "sparse TIFF (tiles missing around openslide.bounds-*): libvips cannot"
     level_dimensions = tuple((int(w), int(h)) for w, h in osr.level_dimensions)
