@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
+from _stage_runs import KERNEL, openslide_mean, run_stages
 from conftest import LEICA_CANVAS, LEICA_OFFSET
 from PIL import Image
-from test_formats import KERNEL, openslide_mean, run_stages
 
 from wsiproc.grid import Chunk, Grid
 from wsiproc.level import LevelPlan, LevelSpec, select_level
