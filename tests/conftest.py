@@ -1,5 +1,5 @@
-"""Session-wide test slides, generated once by :mod:`wsiproc.synth_files` and
-:mod:`wsiproc.synth_formats` (no binaries committed).
+"""Session-wide test slides, generated once by :mod:`wsiproc.synth_files`,
+:mod:`wsiproc.synth_formats`, :mod:`wsiproc.synth_dicom` (no binaries committed).
 
 Good slides come in the formats libvips reads (pyvips generic TIFF, Aperio SVS written by
 tifffile) at odd sizes, and in those only OpenSlide reads (JPEG 2000 SVS, Philips TIFF,
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsiproc import synth, synth_files, synth_formats
+from wsiproc import synth, synth_dicom, synth_files, synth_formats
 
 #: Level-0 pixel sizes (µm/px) and objective powers of the slide fixtures.
 TIFF_MPP = 0.5
@@ -190,4 +190,4 @@ def leica_scn(slide_dir: Path, vendor_image: np.ndarray) -> Path:
 def dicom_wsi(tmp_path_factory: pytest.TempPathFactory, vendor_image: np.ndarray) -> Path:
     """DICOM WSI series (one file per level, own directory), 40x, 0.25 mpp; its level-0 file."""
     directory = tmp_path_factory.mktemp("dicom")
-    return synth_formats.write_dicom_wsi(directory, vendor_image, mpp=0.25, magnification=40)
+    return synth_dicom.write_dicom_wsi(directory, vendor_image, mpp=0.25, magnification=40)

@@ -1,22 +1,14 @@
-"""Writers of vendor slide formats that only OpenSlide reads: Philips TIFF, Ventana BIF, Leica
-SCN (a canvas with bounds) and DICOM WSI, for any RGB array.
-
-Apart from :mod:`wsiproc.synth_files` (the TIFF layouts libvips reads too) because each lays out
-the metadata one OpenSlide driver detects: the TIFF tags, XML or DICOM attributes named in each
-writer's docstring, and nothing more. The tests use them to run every format end to end.
-"""
+"""Writers of vendor TIFF formats only OpenSlide reads (Philips TIFF, Ventana BIF, Leica SCN
+with bounds): each lays out just the tags and XML its OpenSlide driver detects, for any RGB
+array. Apart from :mod:`wsiproc.synth_files`, whose layouts libvips reads too."""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .atomic import describe_os_error
-from .errors import OutputError
 from .synth_files import downsample, write_tiff_pages
 
 TILE_PX = 256
@@ -24,12 +16,17 @@ XMLPACKET_TAG = 700
 """TIFF tag of XMP packets, where Ventana keeps its XML."""
 
 LEICA_XMLNS = "http://www.leica-microsystems.com/scn/2010/10/01"
-DICOM_WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
-"""VL Whole Slide Microscopy Image Storage: the only SOP class OpenSlide's DICOM driver opens."""
 
 
-def _pyramid(image: np.ndarray, factor: int, levels: int) -> list[np.ndarray]:
-    """``image`` and up to ``levels - 1`` box-filtered reductions by ``factor`` each."""
+def build_pyramid(image: np.ndarray, factor: int, levels: int) -> list[np.ndarray]:
+    """``image`` and up to ``levels - 1`` box-filtered reductions by ``factor`` each, stopping
+    before a level's shorter side would drop below 4 pixels.
+
+    Examples
+    --------
+    >>> [p.shape for p in build_pyramid(np.zeros((64, 40, 3), np.uint8), 2, 3)]
+    [(64, 40, 3), (32, 20, 3), (16, 10, 3)]
+    """
     out = [image]
     while len(out) < levels and min(out[-1].shape[:2]) >= factor * 4:
         out.append(downsample(out[-1], factor))
@@ -81,7 +78,7 @@ def write_philips_tiff(
     OutputError
         The file cannot be written.
     """
-    pyramid = _pyramid(image, 2, levels)
+    pyramid = build_pyramid(image, 2, levels)
 
     def spacing(level: int) -> str:
         mm = f"&quot;{mpp * 2**level / 1000:.9g}&quot;"
@@ -174,7 +171,7 @@ def write_ventana_bif(
     cols, rows = -(-width // TILE_PX), -(-height // TILE_PX)
     padded = np.full((rows * TILE_PX, cols * TILE_PX, 3), 255, dtype=np.uint8)
     padded[:height, :width] = image
-    pyramid = _pyramid(padded, 2, levels)
+    pyramid = build_pyramid(padded, 2, levels)
 
     def xmp(text: str) -> dict[str, object]:
         data = text.encode("utf-8")
@@ -225,7 +222,7 @@ def write_leica_scn(
     Other parameters and errors as :func:`write_philips_tiff`.
     """
     nm = mpp * 1000
-    pyramid = _pyramid(image, 4, levels)
+    pyramid = build_pyramid(image, 4, levels)
     macro = np.full((max(1, canvas[1] // 16), max(1, canvas[0] // 16), 3), 225, np.uint8)
 
     def view(size: tuple[int, int], at: tuple[int, int]) -> str:
@@ -272,85 +269,3 @@ def write_leica_scn(
     path = Path(path)
     write_tiff_pages(path, pages)
     return path
-
-
-def _jpeg_frames(level: np.ndarray, quality: int) -> list[bytes]:
-    """Row-major JPEG tiles of ``level``, edge tiles padded with white to the full tile."""
-    frames = []
-    for y in range(0, level.shape[0], TILE_PX):
-        for x in range(0, level.shape[1], TILE_PX):
-            tile = np.full((TILE_PX, TILE_PX, 3), 255, dtype=np.uint8)
-            part = level[y : y + TILE_PX, x : x + TILE_PX]
-            tile[: part.shape[0], : part.shape[1]] = part
-            buffer = io.BytesIO()
-            Image.fromarray(tile).save(buffer, format="JPEG", quality=quality)
-            frames.append(buffer.getvalue())
-    return frames
-
-
-def write_dicom_wsi(
-    directory: str | os.PathLike[str],
-    image: np.ndarray,
-    *,
-    mpp: float,
-    magnification: float,
-    levels: int = 3,
-    quality: int = 90,
-) -> Path:
-    """Write a DICOM WSI series, one file per level (``level0.dcm``, ...), into ``directory``.
-
-    Each file is a VL Whole Slide Microscopy image (the SOP class OpenSlide's DICOM driver
-    opens), ``ImageType`` ``VOLUME``, one series, a ``TILED_FULL`` multi-frame pyramid of
-    256-px JPEG baseline frames (YCbCr, ``YBR_FULL_422``) halving per level;
-    ``PixelSpacing`` (mm) and ``ObjectiveLensPower`` give ``openslide.mpp-x`` and the
-    objective power. OpenSlide opens any one file and finds the others in its directory.
-
-    Parameters and errors as :func:`write_philips_tiff`; needs ``pydicom`` (test extra).
-
-    Returns
-    -------
-    pathlib.Path
-        The level-0 file, the one to give as the slide.
-    """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, generate_uid
-
-    directory = Path(directory)
-    series, study = generate_uid(), generate_uid()
-    paths = []
-    for i, level in enumerate(_pyramid(image, 2, levels)):
-        frames = _jpeg_frames(level, quality)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = DICOM_WSI_SOP_CLASS
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = JPEGBaseline8Bit
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = DICOM_WSI_SOP_CLASS, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, "SM"
-        ds.ImageType = ["ORIGINAL" if i == 0 else "DERIVED", "PRIMARY", "VOLUME", "NONE"]
-        ds.Rows = ds.Columns = TILE_PX
-        ds.NumberOfFrames = len(frames)
-        ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = level.shape[1], level.shape[0]
-        ds.TotalPixelMatrixFocalPlanes = 1
-        ds.DimensionOrganizationType = "TILED_FULL"
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL_422"
-        ds.PlanarConfiguration = 0
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        measures = Dataset()
-        measures.PixelSpacing = [mpp * 2**i / 1000] * 2
-        shared = Dataset()
-        shared.PixelMeasuresSequence = [measures]
-        ds.SharedFunctionalGroupsSequence = [shared]
-        optical = Dataset()
-        optical.OpticalPathIdentifier, optical.ObjectiveLensPower = "1", magnification
-        ds.OpticalPathSequence = [optical]
-        ds.PixelData = encapsulate(frames)
-        ds["PixelData"].VR = "OB"
-        paths.append(directory / f"level{i}.dcm")
-        try:
-            ds.save_as(paths[-1], enforce_file_format=True)
-        except OSError as exc:
-            raise OutputError(str(paths[-1]), describe_os_error(exc)) from exc
-    return paths[0]
