@@ -1,7 +1,10 @@
-"""Session-wide test slides, generated once by :mod:`wsiproc.synth_files` (no binaries committed).
+"""Session-wide test slides, generated once by :mod:`wsiproc.synth_files`,
+:mod:`wsiproc.synth_formats`, :mod:`wsiproc.synth_dicom` (no binaries committed).
 
-Good slides come in both formats wsiproc meets in practice (pyvips generic TIFF, Aperio SVS
-written by tifffile) at odd sizes; broken ones cover each way a file can fail to open or read.
+Good slides come in the formats libvips reads (pyvips generic TIFF, Aperio SVS written by
+tifffile) at odd sizes, and in those only OpenSlide reads (JPEG 2000 SVS, Philips TIFF,
+Ventana BIF, Leica SCN with bounds, DICOM WSI); broken ones cover each way a file can fail to
+open or read.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsiproc import synth, synth_files
+from wsiproc import synth, synth_dicom, synth_files, synth_formats
 
 #: Level-0 pixel sizes (µm/px) and objective powers of the slide fixtures.
 TIFF_MPP = 0.5
 SVS_20X_MPP = 0.5
 SVS_40X_MPP = 0.25
+#: Leica SCN fixture: canvas (width, height) and the scanned image's corner on it, level-0 px.
+LEICA_CANVAS = (1731, 1307)
+LEICA_OFFSET = (345, 278)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -134,6 +140,57 @@ def not_a_slide(slide_dir: Path) -> Path:
     path = slide_dir / "notes.tif"
     path.write_text("this is a text file, not a slide\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def vendor_image() -> np.ndarray:
+    """Level-0 pixels of the vendor-format fixtures: 1109×777 RGB."""
+    return synth.tissue_image(1109, 777, seed=15)
+
+
+@pytest.fixture(scope="session")
+def jp2k_svs(slide_dir: Path, vendor_image: np.ndarray) -> Path:
+    """Aperio SVS with JPEG 2000 tiles (compression 33005), 20x, 0.5 mpp: OpenSlide only."""
+    return synth_files.write_svs(
+        slide_dir / "aperio_jp2k.svs", vendor_image, mpp=0.5, magnification=20, compression="jp2k"
+    )
+
+
+@pytest.fixture(scope="session")
+def philips_tiff(slide_dir: Path, vendor_image: np.ndarray) -> Path:
+    """Philips TIFF, 40x, 0.25 mpp, levels halving."""
+    return synth_formats.write_philips_tiff(
+        slide_dir / "philips.tiff", vendor_image, mpp=0.25, magnification=40
+    )
+
+
+@pytest.fixture(scope="session")
+def ventana_bif(slide_dir: Path, vendor_image: np.ndarray) -> Path:
+    """Ventana BIF, 40x, 0.25 mpp; level 0 padded with white to 1280×1024 (whole tiles)."""
+    return synth_formats.write_ventana_bif(
+        slide_dir / "ventana.bif", vendor_image, mpp=0.25, magnification=40
+    )
+
+
+@pytest.fixture(scope="session")
+def leica_scn(slide_dir: Path, vendor_image: np.ndarray) -> Path:
+    """Leica SCN, 20x, 0.5 mpp: the image at ``LEICA_OFFSET`` on a ``LEICA_CANVAS`` canvas,
+    so OpenSlide reports bounds (345, 278, 1109, 777) and transparency around them."""
+    return synth_formats.write_leica_scn(
+        slide_dir / "leica.scn",
+        vendor_image,
+        mpp=0.5,
+        magnification=20,
+        canvas=LEICA_CANVAS,
+        offset=LEICA_OFFSET,
+    )
+
+
+@pytest.fixture(scope="session")
+def dicom_wsi(tmp_path_factory: pytest.TempPathFactory, vendor_image: np.ndarray) -> Path:
+    """DICOM WSI series (one file per level, own directory), 40x, 0.25 mpp; its level-0 file."""
+    directory = tmp_path_factory.mktemp("dicom")
+    return synth_dicom.write_dicom_wsi(directory, vendor_image, mpp=0.25, magnification=40)
 
 
 # --- the viewer (issue 10) -------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 Separate from :mod:`wsiproc.heatmap` because it works in level-0 pixels and text, not rasters;
 features are written chunk by chunk so memory does not grow with the number of windows.
+Coordinates are in QuPath's frame: level-0 pixels counted from the slide's bounds corner
+(QuPath crops a slide with ``openslide.bounds-*`` to them), plain level 0 without bounds.
 """
 
 from __future__ import annotations
@@ -99,12 +101,20 @@ class FeatureWriter:
 
     Use as a context manager: entering opens a temporary file beside ``path``; a clean exit
     closes the collection and renames it onto ``path``, an exception removes it. Owns its file
-    handle; not thread-safe.
+    handle; not thread-safe. ``l0_origin`` (the bounds corner, level-0 ``x, y``) is
+    subtracted from every box, so features land where QuPath shows the tissue.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        names: Sequence[str],
+        l0_origin: tuple[int, int] = (0, 0),
+    ) -> None:
         self.path = Path(path)
         self.names = tuple(names)
+        self.l0_origin = (int(l0_origin[0]), int(l0_origin[1]))
         self.feature_count = 0
         self._context = atomic_write(self.path)
         self._fh: IO[str] | None = None
@@ -136,9 +146,12 @@ class FeatureWriter:
         tissue: np.ndarray,
         values: np.ndarray,
     ) -> None:
-        """Append one Feature per window (arguments as in :func:`format_features`)."""
+        """Append one Feature per window (arguments as in :func:`format_features`; ``boxes`` in
+        level-0 pixels of the slide, shifted here by ``l0_origin``)."""
         if self._fh is None:
             raise RuntimeError("FeatureWriter.write outside its with-block")
+        if self.l0_origin != (0, 0):
+            boxes = np.asarray(boxes) - np.array([*self.l0_origin, 0, 0])
         features = format_features(rows, cols, boxes, tissue, values, names=self.names)
         if not features:
             return

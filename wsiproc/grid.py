@@ -2,7 +2,8 @@
 
 Frames: ``proc_`` pixels at the processing resolution (where kernel and stride count),
 ``l0_`` level-0 pixels, ``lv_`` pixels of the level read; ``row``/``col`` index grid cells.
-Window (row, col) covers ``proc_x in [col*stride, col*stride + kernel)``, likewise for y.
+Window (row, col) covers ``proc_x in [proc_x0 + col*stride, proc_x0 + col*stride + kernel)``,
+likewise for y; the grid origin ``(proc_x0, proc_y0)`` is (0, 0) except on slides with bounds.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def count_windows(size_px: int, kernel_px: int, stride_px: int, border: str) -> 
 class Grid:
     """The windows of one slide at the processing resolution.
 
-    ``scale`` is level-0 pixels per processing pixel.
+    ``scale`` is level-0 pixels per processing pixel. ``proc_width``/``proc_height`` is the
+    area the windows cover, starting at processing pixel ``(proc_x0, proc_y0)`` (a slide's
+    bounds; (0, 0) for the whole slide).
     """
 
     proc_width: int
@@ -54,6 +57,8 @@ class Grid:
     stride_px: int
     border: str
     scale: float
+    proc_x0: int = 0
+    proc_y0: int = 0
 
     def __post_init__(self) -> None:
         if self.kernel_px < 1:
@@ -81,14 +86,16 @@ class Grid:
         >>> g = Grid(100, 100, 10, 5, "valid", 2.5)
         >>> g.l0_boxes(np.array([0, 1]), np.array([3, 0])).tolist()
         [[38, 0, 25, 25], [0, 12, 25, 25]]
+        >>> Grid(100, 100, 10, 5, "valid", 2.5, proc_x0=4).l0_boxes(np.array([0]), np.array([0]))
+        array([[10,  0, 25, 25]])
         """
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
         side = round(self.kernel_px * self.scale)
         out = np.empty((len(rows), 4), dtype=np.int64)
         # rint rounds half to even on the exact double product, like Python's round().
-        out[:, 0] = np.rint((cols * self.stride_px) * self.scale)
-        out[:, 1] = np.rint((rows * self.stride_px) * self.scale)
+        out[:, 0] = np.rint((self.proc_x0 + cols * self.stride_px) * self.scale)
+        out[:, 1] = np.rint((self.proc_y0 + rows * self.stride_px) * self.scale)
         out[:, 2] = side
         out[:, 3] = side
         return out
@@ -107,7 +114,7 @@ class Chunk:
     def proc_box(self, grid: Grid) -> tuple[int, int, int, int]:
         """Processing-pixel ``x, y, width, height`` covering every window of the chunk."""
         s, k = grid.stride_px, grid.kernel_px
-        x0, y0 = self.col0 * s, self.row0 * s
+        x0, y0 = grid.proc_x0 + self.col0 * s, grid.proc_y0 + self.row0 * s
         return x0, y0, (self.n_cols - 1) * s + k, (self.n_rows - 1) * s + k
 
 

@@ -64,7 +64,10 @@ class LevelPlan:
 
     ``scale`` is the size of one processing pixel in level-0 pixels; ``resize_factor`` is
     processing pixels per pixel of ``level`` (1.0: read as is; < 1: downscale after reading).
-    ``proc_width``/``proc_height`` are the slide's size at the processing resolution.
+    ``proc_width``/``proc_height`` are the size, at the processing resolution, of the area
+    windows cover: the whole slide, or the processing pixels wholly inside the slide's bounds,
+    whose top-left pixel is ``(proc_x0, proc_y0)`` (processing pixel p covers level-0
+    ``[p * scale, (p + 1) * scale)``).
     """
 
     level: int
@@ -76,6 +79,8 @@ class LevelPlan:
     proc_mpp: float | None
     mpp_source: str
     upsampled: bool = False
+    proc_x0: int = 0
+    proc_y0: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -166,8 +171,8 @@ def select_level(info: SlideInfo, spec: LevelSpec) -> LevelPlan:
     ds = info.level_downsamples[level]
     if abs(ds / scale - 1) <= SNAP_TOLERANCE:
         return _fixed(info, level, mpp0, source)
-    proc_w = int(math.floor(info.width / scale))
-    proc_h = int(math.floor(info.height / scale))
+    size = (int(math.floor(info.width / scale)), int(math.floor(info.height / scale)))
+    proc_x0, proc_y0, proc_w, proc_h = proc_frame(info, scale, size)
     return LevelPlan(
         level=level,
         level_downsample=ds,
@@ -178,6 +183,8 @@ def select_level(info: SlideInfo, spec: LevelSpec) -> LevelPlan:
         proc_mpp=None if mpp0 is None else mpp0 * scale,
         mpp_source=source,
         upsampled=upsampled,
+        proc_x0=proc_x0,
+        proc_y0=proc_y0,
     )
 
 
@@ -188,7 +195,7 @@ def _fixed(info: SlideInfo, level: int, mpp0: float | None, source: str) -> Leve
             "level", f"{info.path} has levels 0..{info.level_count - 1}, level {level} requested"
         )
     ds = info.level_downsamples[level]
-    w, h = info.level_dimensions[level]
+    proc_x0, proc_y0, w, h = proc_frame(info, ds, info.level_dimensions[level])
     return LevelPlan(
         level=level,
         level_downsample=ds,
@@ -198,7 +205,33 @@ def _fixed(info: SlideInfo, level: int, mpp0: float | None, source: str) -> Leve
         proc_height=h,
         proc_mpp=None if mpp0 is None else mpp0 * ds,
         mpp_source=source,
+        proc_x0=proc_x0,
+        proc_y0=proc_y0,
     )
+
+
+def proc_frame(info: SlideInfo, scale: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Origin and size ``(proc_x0, proc_y0, width, height)`` of the area windows cover.
+
+    ``size`` is the whole slide in processing pixels. Without bounds that is the area; with
+    ``info.bounds`` it is the processing pixels wholly inside them, so neither the grid nor
+    tissue detection sees the empty canvas around a MIRAX or Leica scan.
+
+    Examples
+    --------
+    >>> from wsiproc.readers import L0Box
+    >>> info = SlideInfo("s.scn", "leica", 1600, 1200, 1, ((1600, 1200),), (1.0,), 0.5, 0.5,
+    ...                  20.0, "openslide", bounds=L0Box(301, 250, 1000, 700))
+    >>> proc_frame(info, 2.0, (800, 600))
+    (151, 125, 499, 350)
+    """
+    if info.bounds is None:
+        return 0, 0, size[0], size[1]
+    b = info.bounds
+    x0, y0 = math.ceil(b.x / scale), math.ceil(b.y / scale)
+    x1 = min(size[0], math.floor((b.x + b.width) / scale))
+    y1 = min(size[1], math.floor((b.y + b.height) / scale))
+    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
 
 
 def load_callable(ref: str, key: str) -> Any:

@@ -51,7 +51,9 @@ class WindowsRecord:
 
     ``outputs`` are the CSV value columns in order, ``output_names`` the C base names and
     ``output_shape`` ``(C,)`` or ``(C, h, w)``. ``path`` is where the record was read from
-    (for messages), not part of the file.
+    (for messages), not part of the file. ``l0_bounds_*`` is the area the grid covers (the
+    slide's OpenSlide bounds, or the whole slide), ``proc_x0, proc_y0`` the grid's origin in
+    processing pixels; ``reader_reason`` says why the probe chose ``reader``.
     """
 
     grid_rows: int
@@ -85,6 +87,13 @@ class WindowsRecord:
     model_mpp: float | None = None
     model_input_size: int | None = None
     reader: str | None = None
+    reader_reason: str | None = None
+    proc_x0: int | None = None
+    proc_y0: int | None = None
+    l0_bounds_x: int | None = None
+    l0_bounds_y: int | None = None
+    l0_bounds_width: int | None = None
+    l0_bounds_height: int | None = None
     device: str | None = None
     precision: str | None = None
     mpp_source: str | None = None
@@ -106,6 +115,12 @@ class WindowsRecord:
     def is_spatial(self) -> bool:
         """Whether each window's output is a C×h×w map rather than a C-vector."""
         return len(self.output_shape) == 3
+
+    @property
+    def l0_origin(self) -> tuple[int, int]:
+        """Level-0 ``(x, y)`` of the bounds' corner: (0, 0) in the frame viewers such as QuPath
+        show (they crop a slide to its bounds); (0, 0) for records without bounds."""
+        return self.l0_bounds_x or 0, self.l0_bounds_y or 0
 
     @property
     def has_windows(self) -> bool:
@@ -136,6 +151,7 @@ _INT_KEYS = frozenset(
     {
         "level", "proc_width", "proc_height", "l0_width", "l0_height", "windows_total",
         "windows_processed", "windows_skipped", "resumed_windows", "model_input_size",
+        "proc_x0", "proc_y0", "l0_bounds_x", "l0_bounds_y", "l0_bounds_width", "l0_bounds_height",
     }
 )  # fmt: skip
 _FLOAT_KEYS = frozenset(

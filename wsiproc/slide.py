@@ -1,8 +1,9 @@
-"""Slide: the sole owner of a slide file's handles; metadata and region reads as RGB arrays.
+"""Slide: the sole owner of a slide file's handles; metadata, bounds and region reads as RGB.
 
-Reads go through pyvips where libvips decodes the format natively (generic pyramidal TIFF and
-Aperio SVS: about 2.5x faster than OpenSlide's premultiplied-RGBA path, pixel-identical), and
-through OpenSlide for every other format. Metadata always comes from OpenSlide.
+Metadata always comes from OpenSlide; pixels come from the reader that the probe of
+:mod:`wsiproc.readers` chose when the slide was opened (pyvips for plain TIFF pages it decodes,
+OpenSlide for everything else). ``Slide`` does what every reader needs alike: clipping to the
+level, white outside it, and one-line errors naming the file and the region.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ from typing import Any
 import numpy as np
 
 from .errors import SlideOpenError, SlideReadError, decoder_problem
-
-PYVIPS_VENDORS = frozenset({"generic-tiff", "aperio"})
-"""OpenSlide vendors whose levels libvips' tiffload reads as plain TIFF pages."""
-
-WHITE = 255
+from .readers import L0Box, Reader, choose_reader
+from .readers.base import WHITE
 
 MPP_PLAUSIBLE = (0.02, 50.0)
 """µm/px outside this range is a placeholder (pyvips writes 25.4 px/inch = 1000 µm/px by
@@ -28,7 +26,12 @@ default), not a scanner's calibration: it is treated as missing."""
 
 @dataclass(frozen=True)
 class SlideInfo:
-    """Metadata of a slide; sizes in level-0 pixels, mpp in µm per level-0 pixel."""
+    """Metadata of a slide; sizes in level-0 pixels, mpp in µm per level-0 pixel.
+
+    ``bounds`` is OpenSlide's ``openslide.bounds-*`` rectangle (the scanned area of a larger,
+    mostly empty canvas: MIRAX, Leica, sparse TIFF), None when the slide has none.
+    ``reader_reason`` says why the probe chose ``reader``.
+    """
 
     path: str
     vendor: str | None
@@ -41,9 +44,16 @@ class SlideInfo:
     mpp_y: float | None
     objective_power: float | None
     reader: str
+    reader_reason: str = ""
+    bounds: L0Box | None = None
+
+    @property
+    def l0_bounds(self) -> L0Box:
+        """The area windows and tissue detection cover: ``bounds``, or the whole slide."""
+        return self.bounds or L0Box(0, 0, self.width, self.height)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
+        """JSON-ready dict (tuples become lists, ``bounds`` an object or None)."""
         d = asdict(self)
         d["level_dimensions"] = [list(x) for x in self.level_dimensions]
         d["level_downsamples"] = list(self.level_downsamples)
@@ -66,15 +76,37 @@ def _plausible_mpp(mpp: float | None) -> float | None:
     return mpp
 
 
+def _bounds(props: Any, width: int, height: int) -> L0Box | None:
+    """OpenSlide's bounds rectangle clipped to the slide, or None if absent or the whole slide.
+
+    Examples
+    --------
+    >>> _bounds({"openslide.bounds-x": "300", "openslide.bounds-y": "250",
+    ...          "openslide.bounds-width": "1000", "openslide.bounds-height": "700"}, 1600, 1200)
+    L0Box(x=300, y=250, width=1000, height=700)
+    >>> _bounds({}, 1600, 1200) is None
+    True
+    """
+    try:
+        x, y, w, h = (int(props[f"openslide.bounds-{k}"]) for k in ("x", "y", "width", "height"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(width, x + w), min(height, y + h)
+    if x1 <= x0 or y1 <= y0 or (x0, y0, x1, y1) == (0, 0, width, height):
+        return None
+    return L0Box(x0, y0, x1 - x0, y1 - y0)
+
+
 class Slide:
     """An open whole-slide image.
 
-    Owns one OpenSlide handle and, for TIFF-family files, one pyvips image per pyramid level.
-    Must be closed (or used as a context manager). Not thread-safe, and not to be shared
-    across processes: each loader process opens its own ``Slide``.
+    Owns one OpenSlide handle (metadata, and pixels when the OpenSlide reader was chosen) and
+    the chosen reader. Must be closed (or used as a context manager). Not thread-safe, and not
+    to be shared across processes: each loader process opens its own ``Slide``.
 
     OpenSlide errors latch: after a failed read the handle is dead and every later call fails.
-    :meth:`read_region_rgb` therefore reopens the handles after a read error, and raises
+    :meth:`read_region_rgb` therefore reopens the slide after a read error, and raises
     :class:`~wsiproc.errors.SlideReadError` naming the file and region.
 
     Parameters
@@ -82,18 +114,19 @@ class Slide:
     path
         Any file OpenSlide opens.
     reader
-        ``"auto"`` (pyvips where possible), ``"openslide"`` or ``"pyvips"``.
+        ``"auto"`` (the probe chooses), ``"openslide"`` or ``"pyvips"`` (fails to open when
+        the probe finds that libvips cannot read the slide).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, reader: str = "auto") -> None:
         self.path = str(path)
         self._requested_reader = reader
         self._osr: Any = None
-        self._pages: dict[int, Any] = {}
+        self._reader: Reader | None = None
         self._open()
 
     def _open(self) -> None:
-        """Open OpenSlide and map pyramid levels to pyvips pages."""
+        """Open OpenSlide, read the metadata, let the probe choose the reader."""
         import openslide
 
         p = Path(self.path)
@@ -111,61 +144,44 @@ class Slide:
             raise SlideOpenError(self.path, "not a slide format OpenSlide can read") from exc
         except (openslide.OpenSlideError, OSError) as exc:
             raise SlideOpenError(self.path, f"cannot open slide: {decoder_problem(exc)}") from exc
+        try:
+            self._reader, reason = choose_reader(
+                self.path, self._osr, requested=self._requested_reader
+            )
+        except BaseException:
+            self.close()
+            raise
         props = self._osr.properties
-        vendor = props.get("openslide.vendor")
-        self.reader = "openslide"
-        if self._requested_reader in ("auto", "pyvips") and vendor in PYVIPS_VENDORS:
-            self._pages = self._map_pyvips_pages()
-            if self._pages:
-                self.reader = "pyvips"
-        if self._requested_reader == "pyvips" and self.reader != "pyvips":
-            raise SlideOpenError(self.path, "pyvips cannot read this slide's levels")
+        width, height = (int(v) for v in self._osr.dimensions)
         self.info = SlideInfo(
             path=self.path,
-            vendor=vendor,
-            width=int(self._osr.dimensions[0]),
-            height=int(self._osr.dimensions[1]),
+            vendor=props.get("openslide.vendor"),
+            width=width,
+            height=height,
             level_count=int(self._osr.level_count),
             level_dimensions=tuple((int(w), int(h)) for w, h in self._osr.level_dimensions),
             level_downsamples=tuple(float(d) for d in self._osr.level_downsamples),
             mpp_x=_plausible_mpp(_float_prop(props, "openslide.mpp-x")),
             mpp_y=_plausible_mpp(_float_prop(props, "openslide.mpp-y")),
             objective_power=_float_prop(props, "openslide.objective-power"),
-            reader=self.reader,
+            reader=self._reader.name,
+            reader_reason=reason,
+            bounds=_bounds(props, width, height),
         )
 
-    def _map_pyvips_pages(self) -> dict[int, Any]:
-        """Level index -> pyvips page, matched by exact size; empty if any level is missing."""
-        import pyvips
-
-        try:
-            first = pyvips.Image.new_from_file(self.path, access="random")
-            n_pages = int(first.get("n-pages")) if "n-pages" in first.get_fields() else 1
-            sizes: dict[tuple[int, int], int] = {}
-            for page in range(n_pages):
-                img = first if page == 0 else pyvips.Image.new_from_file(self.path, page=page)
-                sizes.setdefault((img.width, img.height), page)
-        except pyvips.Error:
-            return {}
-        pages: dict[int, Any] = {}
-        for level, dims in enumerate(self._osr.level_dimensions):
-            page = sizes.get((int(dims[0]), int(dims[1])))
-            if page is None:
-                return {}
-            img = pyvips.Image.new_from_file(
-                self.path, page=page, access="random", fail_on="warning"
-            )
-            if img.format != "uchar" or img.bands not in (3, 4):
-                return {}
-            pages[level] = img
-        return pages
+    @property
+    def reader(self) -> str:
+        """Name of the reader decoding this slide (``pyvips`` or ``openslide``)."""
+        return self.info.reader
 
     def close(self) -> None:
         """Release the file handles; the object is unusable afterwards."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._osr is not None:
             self._osr.close()
             self._osr = None
-        self._pages = {}
 
     def __enter__(self) -> Slide:
         return self
@@ -193,11 +209,10 @@ class Slide:
         x1, y1 = min(lv_x + lv_w, lw), min(lv_y + lv_h, lh)
         if x1 <= x0 or y1 <= y0:
             return out
+        if self._reader is None:
+            raise ValueError(f"{self.path}: read from a closed Slide")
         try:
-            if self.reader == "pyvips":
-                inner = self._read_pyvips(level, x0, y0, x1 - x0, y1 - y0)
-            else:
-                inner = self._read_openslide(level, x0, y0, x1 - x0, y1 - y0)
+            inner = self._reader.read_rgb(level, x0, y0, x1 - x0, y1 - y0)
         except Exception as exc:  # noqa: BLE001 - translated: every reader error is a read error
             problem = decoder_problem(exc)
             region = (level, x0, y0, x1 - x0, y1 - y0)
@@ -209,21 +224,6 @@ class Slide:
             raise SlideReadError(self.path, region, problem) from exc
         out[y0 - lv_y : y1 - lv_y, x0 - lv_x : x1 - lv_x] = inner
         return out
-
-    def _read_pyvips(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Decode one box with libvips; composite alpha onto white."""
-        img = self._pages[level]
-        raw = img.crop(x, y, w, h).write_to_memory()
-        arr = np.frombuffer(raw, dtype=np.uint8).reshape(h, w, img.bands)
-        if img.bands == 4:
-            return _over_white(arr)
-        return arr
-
-    def _read_openslide(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Decode one box with OpenSlide (location in level-0 pixels); composite onto white."""
-        ds = self.info.level_downsamples[level]
-        pil = self._osr.read_region((round(x * ds), round(y * ds)), level, (w, h))
-        return _over_white(np.asarray(pil))
 
     def tile_size(self, level: int) -> int | None:
         """Width of the slide's storage tiles at ``level`` in pixels, if square and known."""
@@ -238,39 +238,16 @@ class Slide:
             return None
 
     def thumbnail_rgb(self, max_size: int) -> np.ndarray:
-        """A thumbnail whose longer side is at most ``max_size`` pixels, as RGB uint8.
+        """A thumbnail of :attr:`SlideInfo.l0_bounds` (the whole slide when it has no bounds),
+        longer side at most ``max_size`` pixels, as RGB uint8.
 
-        With pyvips, the coarsest level still at least ``max_size`` wide is shrunk in a
-        streaming pass (bounded memory, several times faster than OpenSlide's thumbnail).
+        Thumbnail pixel (u, v) covers level 0 from ``l0_bounds.x + u * s`` with
+        ``s = l0_bounds.width / thumbnail width`` (likewise for y): the frame QuPath shows.
         """
+        if self._reader is None:
+            raise ValueError(f"{self.path}: thumbnail of a closed Slide")
         try:
-            if self.reader == "pyvips":
-                level = 0
-                for i, (w, h) in enumerate(self.info.level_dimensions):
-                    if max(w, h) >= max_size:
-                        level = i
-                img = self._pages[level]
-                if img.bands == 4:
-                    img = img.flatten(background=[WHITE, WHITE, WHITE])
-                factor = max_size / max(img.width, img.height)
-                if factor < 1:
-                    img = img.resize(factor, kernel="linear")
-                raw = img.cast("uchar").write_to_memory()
-                return np.frombuffer(raw, dtype=np.uint8).reshape(img.height, img.width, 3)
-            pil = self._osr.get_thumbnail((max_size, max_size))
+            return self._reader.thumbnail_rgb(self.info.l0_bounds, max_size)
         except Exception as exc:  # noqa: BLE001 - translated to a one-line read error
             problem = f"cannot make the thumbnail: {decoder_problem(exc)}"
             raise SlideReadError(self.path, None, problem) from exc
-        return np.asarray(pil.convert("RGB"))
-
-
-def _over_white(rgba: np.ndarray) -> np.ndarray:
-    """Composite non-premultiplied RGBA onto white; pass RGB through."""
-    if rgba.shape[2] == 3:
-        return rgba
-    rgb = rgba[..., :3]
-    alpha = rgba[..., 3:4]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha.astype(np.uint16)
-    return ((rgb.astype(np.uint16) * a + WHITE * (255 - a) + 127) // 255).astype(np.uint8)

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 APERIO_HEADER = "Aperio Image Library v12.0.15 "
 
+SVS_CODECS = {"jpeg": ("jpeg", "JPEG/RGB"), "jp2k": (33005, "J2K/KDU")}
+"""``write_svs`` compression -> (tifffile compression, Aperio description codec). 33005 is
+Aperio's JPEG 2000 with RGB components, which OpenSlide decodes and libvips (as shipped in
+pyvips-binary) does not."""
+
 
 def _to_vips(image: np.ndarray) -> pyvips.Image:
     """Wrap an H×W×3 uint8 array as an sRGB pyvips image."""
@@ -95,7 +100,7 @@ def write_pyramidal_tiff(
     return path
 
 
-def _tifffile_write(path: Path, pages: list[tuple[np.ndarray, dict[str, object]]]) -> None:
+def write_tiff_pages(path: Path, pages: list[tuple[np.ndarray, dict[str, object]]]) -> None:
     """Write one TIFF page per (array, tifffile keyword arguments); OS errors → OutputError."""
     try:
         with tifffile.TiffWriter(path) as writer:
@@ -165,17 +170,24 @@ def write_plain_tiff_no_metadata(path: str | os.PathLike[str], image: np.ndarray
         level = downsample(level, 2)
         # OpenSlide's generic-tiff driver takes only reduced-resolution pages as levels.
         pages.append((level, {**tiled, "subfiletype": tifffile.FILETYPE.REDUCEDIMAGE}))
-    _tifffile_write(path, pages)
+    write_tiff_pages(path, pages)
     return path
 
 
 def _aperio_description(
-    width: int, height: int, *, mpp: float, magnification: float, tile: int, quality: int
+    width: int,
+    height: int,
+    *,
+    mpp: float,
+    magnification: float,
+    tile: int,
+    quality: int,
+    codec: str = "JPEG/RGB",
 ) -> str:
     """Aperio ImageDescription of level 0, as OpenSlide's aperio driver parses it."""
     return (
         f"{APERIO_HEADER}\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
-        f"JPEG/RGB Q={quality}|AppMag = {magnification:g}|MPP = {mpp:g}"
+        f"{codec} Q={quality}|AppMag = {magnification:g}|MPP = {mpp:g}"
     )
 
 
@@ -188,12 +200,13 @@ def write_svs(
     tile: int = 256,
     quality: int = 90,
     levels: int = 3,
+    compression: str = "jpeg",
 ) -> Path:
     """Write an Aperio-style SVS with tifffile (OpenSlide vendor ``aperio``).
 
-    Layout as Aperio writes it: page 0 is level 0 (tiled JPEG, description carrying
-    ``AppMag`` and ``MPP``), page 1 a stripped thumbnail (an associated image), then each
-    further level downsampled by 4 from the previous one (size floor(size / 4)).
+    Layout as Aperio writes it: page 0 is level 0 (tiled, description carrying ``AppMag`` and
+    ``MPP``), page 1 a stripped JPEG thumbnail (an associated image), then each further level
+    downsampled by 4 from the previous one (size floor(size / 4)).
 
     Parameters
     ----------
@@ -211,6 +224,9 @@ def write_svs(
         JPEG quality (1-100).
     levels : int
         Pyramid levels including level 0; fewer if a level would shrink below one pixel.
+    compression : str
+        Tile codec: ``jpeg``, or ``jp2k`` (Aperio JPEG 2000, TIFF compression 33005, as
+        Aperio scanners write it; ``quality`` is then imagecodecs' JPEG 2000 level).
 
     Returns
     -------
@@ -221,13 +237,25 @@ def write_svs(
     ------
     OutputError
         The file cannot be written.
+    ValueError
+        ``compression`` is not one of :data:`SVS_CODECS`.
     """
+    if compression not in SVS_CODECS:
+        message = f"compression must be one of {sorted(SVS_CODECS)}, got {compression!r}"
+        raise ValueError(message)
+    codec, codec_name = SVS_CODECS[compression]
     path = Path(path)
     height, width = image.shape[:2]
     description = _aperio_description(
-        width, height, mpp=mpp, magnification=magnification, tile=tile, quality=quality
+        width,
+        height,
+        mpp=mpp,
+        magnification=magnification,
+        tile=tile,
+        quality=quality,
+        codec=codec_name,
     )
-    tiled = {"tile": (tile, tile), "compression": "jpeg", "compressionargs": {"level": quality}}
+    tiled = {"tile": (tile, tile), "compression": codec, "compressionargs": {"level": quality}}
     suffix = description.split("|", 1)[1]
     thumb_scale = min(1.0, 768 / max(width, height))
     thumb_size = (max(1, round(width * thumb_scale)), max(1, round(height * thumb_scale)))
@@ -246,10 +274,10 @@ def write_svs(
         level = downsample(level, 4)
         level_description = (
             f"{APERIO_HEADER}\n{width}x{height} [0,0 {width}x{height}] -> "
-            f"{level.shape[1]}x{level.shape[0]} JPEG/RGB Q={quality}|{suffix}"
+            f"{level.shape[1]}x{level.shape[0]} {codec_name} Q={quality}|{suffix}"
         )
         pages.append((level, {**tiled, "description": level_description}))
-    _tifffile_write(path, pages)
+    write_tiff_pages(path, pages)
     return path
 
 

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         writer = None
         if args.geojson:
-            writer = stack.enter_context(FeatureWriter(args.geojson, names=meta.outputs))
+            writer = FeatureWriter(args.geojson, names=meta.outputs, l0_origin=meta.l0_origin)
+            stack.enter_context(writer)
         for chunk in iter_window_chunks(csv_path, meta, with_geometry=True):
             grid.add(chunk)
             tissue_cells[chunk.rows, chunk.cols] = chunk.tissue >= RANGE_MIN_TISSUE

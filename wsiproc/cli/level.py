@@ -43,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     record = {**info.to_dict(), "spec": spec.request(), **plan.to_dict()}
     record["thumbnail"] = str(Path(args.thumbnail).resolve()) if args.thumbnail else None
     record["mask"] = str(Path(args.mask).resolve()) if args.mask else None
-    record["thumbnail_scale"] = info.width / thumb.shape[1]
-    record["thumbnail_scale_y"] = info.height / thumb.shape[0]
+    # The thumbnail covers the slide's bounds (the whole slide without): see Slide.thumbnail_rgb.
+    record["thumbnail_scale"] = info.l0_bounds.width / thumb.shape[1]
+    record["thumbnail_scale_y"] = info.l0_bounds.height / thumb.shape[0]
     record["tissue_percent"] = round(100.0 * float(mask.mean()), 3)
     record["ink_percent"] = round(100.0 * float(ink.mean()), 3)
     if args.thumbnail:

@@ -131,7 +131,8 @@ def scan_windows(
 
     Returns ``(rows, values, sums, counts)``: ``values`` maps each :func:`summary_groups` key
     to a float32 array over windows; ``sums``/``counts`` paint the first key onto a raster of
-    ``raster_shape`` pixels of ``l0_per_px`` level-0 pixels (see
+    ``raster_shape`` pixels of ``l0_per_px`` level-0 pixels whose corner is the slide's bounds
+    corner ``meta.l0_origin``, as the thumbnail's is (see
     :func:`~wsiproc.qc.metrics.window_mean_raster`).
     """
     groups = summary_groups(meta)
@@ -149,8 +150,9 @@ def scan_windows(
                 column = block[:, 0] if block.shape[1] == 1 else np.nanmean(block, axis=1)
             parts[name].append(column.astype(np.float32))
         if first is not None and chunk.boxes is not None:
+            boxes = chunk.boxes - np.array([*meta.l0_origin, 0, 0])  # into the thumbnail frame
             s, c = metrics.window_mean_raster(
-                chunk.boxes, parts[first][-1], shape=raster_shape, l0_per_px=l0_per_px
+                boxes, parts[first][-1], shape=raster_shape, l0_per_px=l0_per_px
             )
             sums += s
             counts += c

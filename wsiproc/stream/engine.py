@@ -184,7 +184,14 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         plan = req.plan or select_level(info, req.spec)
         model_mpp = _check_model_mpp(req, plan)
         grid = Grid(
-            plan.proc_width, plan.proc_height, req.kernel_px, req.stride_px, req.border, plan.scale
+            plan.proc_width,
+            plan.proc_height,
+            req.kernel_px,
+            req.stride_px,
+            req.border,
+            plan.scale,
+            proc_x0=plan.proc_x0,
+            proc_y0=plan.proc_y0,
         )
         # Tile-aligned chunks when windows are read as stored (no resize): no tile decoded twice.
         tile_px = slide.tile_size(plan.level) if plan.resize_factor == 1.0 else None
@@ -196,8 +203,9 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
             ink_px = ink_mask(thumb)
             tissue_px = tissue_mask(thumb, ink_px)
-        tissue = window_tissue(grid, tissue_px, info.width, info.height)
-        ink = window_tissue(grid, ink_px, info.width, info.height)
+        # Masks (ours or the level stage's) cover the bounds, as the thumbnail does.
+        tissue = window_tissue(grid, tissue_px, info.l0_bounds)
+        ink = window_tissue(grid, ink_px, info.l0_bounds)
         stream = plan_stream(
             grid,
             tissue,
@@ -315,6 +323,13 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         model_mpp=model_mpp,
         model_input_size=getattr(model, "input_size", None),
         reader=identity.reader,
+        reader_reason=info.reader_reason,
+        proc_x0=grid.proc_x0,
+        proc_y0=grid.proc_y0,
+        l0_bounds_x=info.l0_bounds.x,
+        l0_bounds_y=info.l0_bounds.y,
+        l0_bounds_width=info.l0_bounds.width,
+        l0_bounds_height=info.l0_bounds.height,
         device=device,
         precision=req.precision,
         mpp_source=plan.mpp_source,

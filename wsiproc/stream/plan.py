@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..grid import Chunk, Grid, plan_chunks
+from ..readers import L0Box
 from ..record import WINDOWS_FORMAT
 from ..tissue import MAX_INK_FRACTION
 from .messages import ChunkTask, GroupTask
@@ -47,18 +48,22 @@ class StreamPlan:
         return int(self.keep.sum())
 
 
-def window_tissue(grid: Grid, mask: np.ndarray | None, l0_width: int, l0_height: int) -> np.ndarray:
+def window_tissue(grid: Grid, mask: np.ndarray | None, l0_box: L0Box) -> np.ndarray:
     """(rows, cols) float32 tissue fraction of every window from a thumbnail-sized mask.
 
-    ``mask`` None (no window, or no mask needed) gives zeros.
+    ``mask`` covers ``l0_box`` (the slide's bounds, or the whole slide), as
+    :meth:`wsiproc.slide.Slide.thumbnail_rgb` does. ``mask`` None (no window, or no mask
+    needed) gives zeros.
     """
     tissue = np.zeros((grid.rows, grid.cols), dtype=np.float32)
     if grid.rows and grid.cols and mask is not None:
         from ..tissue import window_tissue_fractions  # scipy: only once there is a mask
 
-        sx, sy = l0_width / mask.shape[1], l0_height / mask.shape[0]
+        sx, sy = l0_box.width / mask.shape[1], l0_box.height / mask.shape[0]
         rr, cc = np.mgrid[0 : grid.rows, 0 : grid.cols]
         boxes = grid.l0_boxes(rr.ravel(), cc.ravel())
+        boxes[:, 0] -= l0_box.x
+        boxes[:, 1] -= l0_box.y
         tissue = window_tissue_fractions(mask, sx, sy, boxes).reshape(grid.rows, grid.cols)
     return np.round(tissue, 4).astype(np.float32)
 
