@@ -278,3 +278,24 @@ def test_click_with_overlapping_windows_picks_the_window_centred_there(tmp_path)
         centre_y = (r * stride + kernel / 2) * scale
         row, col, fields = found.window_at(centre_x, centre_y)
         assert (row, col) == (r, c) and fields is not None and float(fields[-1]) == r * 10 + c
+
+
+def test_click_on_a_slide_with_bounds_counts_windows_from_the_bounds_corner(tmp_path):
+    """Windows of a slide with bounds start at the grid origin (proc_x0, proc_y0), not 0."""
+    from wsiproc import table
+    from wsiproc.record import WindowsRecord
+
+    rows, cols = np.mgrid[0:3, 0:4]
+    rows, cols = rows.ravel(), cols.ravel()
+    x0, y0, k = 100, 50, 32
+    boxes = np.stack([x0 + cols * k, y0 + rows * k, np.full(12, k), np.full(12, k)], axis=1)
+    values = (rows * 10 + cols).astype(np.float32)[:, None]
+    body = table.format_rows("P", "S", rows, cols, boxes, 0, np.ones(12, np.float32), values)
+    csv_path = tmp_path / "windows.csv"
+    csv_path.write_text(",".join(table.header(["v"])) + "\n" + body)
+    record = WindowsRecord(3, 4, k, k, 0.5, 1.0, ("v",), ("v",), (1,), proc_x0=x0, proc_y0=y0)
+    found = WindowTable(csv_path, record)
+    row, col, fields = found.window_at(x0 + 2 * k + 5, y0 + 1 * k + 5)
+    assert (row, col) == (1, 2) and float(fields[-1]) == 12
+    assert found.window_at(x0 - 5, y0 + 5) is None  # left of the bounds: off the grid
+    assert [w[:2] for w in found.windows_in(x0 + 3 * k + 1, y0 + 1, 4, 4, limit=100)] == [[0, 3]]

@@ -58,6 +58,11 @@ class HeatmapRaster:
         pixels = pixels if isinstance(pixels, dict) else {}
         self.window_pixels = (int(pixels.get("factor", 1)), int(pixels.get("shift", 0)))
         """(factor, shift) of :func:`wsiproc.heatmap.centring` the raster was made with."""
+        # Window (0, 0) starts at the grid's origin (the bounds' corner on slides with bounds).
+        self.origin_l0 = (
+            (record.proc_x0 or 0) * record.scale,
+            (record.proc_y0 or 0) * record.scale,
+        )
         block_h, block_w = record.block_shape
         cell_l0 = record.stride * record.scale / self.window_pixels[0]
         self.cell_l0 = (cell_l0 / block_w, cell_l0 / block_h)
@@ -141,8 +146,8 @@ class HeatmapRaster:
         page = self._pages[page_index]
         cell_x = self.cell_l0[0] * 2**page_index
         cell_y = self.cell_l0[1] * 2**page_index
-        l0_x = (box.z_x + np.arange(box.z_width) + 0.5) * downsample
-        l0_y = (box.z_y + np.arange(box.z_height) + 0.5) * downsample
+        l0_x = (box.z_x + np.arange(box.z_width) + 0.5) * downsample - self.origin_l0[0]
+        l0_y = (box.z_y + np.arange(box.z_height) + 0.5) * downsample - self.origin_l0[1]
         cols = np.floor(l0_x / cell_x).astype(np.int64)
         rows = np.floor(l0_y / cell_y).astype(np.int64)
         col_ok = (cols >= 0) & (cols < page.width)

@@ -50,6 +50,11 @@ class WindowTable:
         self.cell_l0 = record.stride * record.scale
         """Level-0 pixels between window origins (``stride · scale``)."""
         factor, shift = window_pixels
+        self.origin_l0 = (
+            (record.proc_x0 or 0) * record.scale,
+            (record.proc_y0 or 0) * record.scale,
+        )
+        """Level-0 corner of window (0, 0): the bounds' corner on slides with bounds."""
         self.offset_l0 = shift * self.cell_l0 / factor
         """Where the heatmap colours window (0, 0): its stride cell moved to the window's
         centre when windows overlap (:func:`wsiproc.heatmap.centring`)."""
@@ -78,8 +83,8 @@ class WindowTable:
     def window_at(self, l0_x: float, l0_y: float) -> tuple[int, int, list[str] | None] | None:
         """(row, col, fields) of the window whose stride cell holds level-0 point (x, y) (the
         cell the heatmap colours), fields None if it was not processed; None off the grid."""
-        row = math.floor((l0_y - self.offset_l0) / self.cell_l0)
-        col = math.floor((l0_x - self.offset_l0) / self.cell_l0)
+        row = math.floor((l0_y - self.origin_l0[1] - self.offset_l0) / self.cell_l0)
+        col = math.floor((l0_x - self.origin_l0[0] - self.offset_l0) / self.cell_l0)
         if not (0 <= row < self.record.grid_rows and 0 <= col < self.record.grid_cols):
             return None
         fields = self.find(row, col)
@@ -95,10 +100,11 @@ class WindowTable:
         """``[row, col, x, y, width, height]`` of each window overlapping the level-0 box;
         None if more than ``limit`` rows of the grid would have to be read."""
         kernel_l0 = self.record.kernel_size * self.record.scale
-        row0 = max(0, math.floor((l0_y - kernel_l0) / self.cell_l0))
-        row1 = min(self.record.grid_rows - 1, math.floor((l0_y + l0_height) / self.cell_l0))
-        col0 = max(0, math.floor((l0_x - kernel_l0) / self.cell_l0))
-        col1 = min(self.record.grid_cols - 1, math.floor((l0_x + l0_width) / self.cell_l0))
+        gx, gy = l0_x - self.origin_l0[0], l0_y - self.origin_l0[1]  # from window (0, 0)
+        row0 = max(0, math.floor((gy - kernel_l0) / self.cell_l0))
+        row1 = min(self.record.grid_rows - 1, math.floor((gy + l0_height) / self.cell_l0))
+        col0 = max(0, math.floor((gx - kernel_l0) / self.cell_l0))
+        col1 = min(self.record.grid_cols - 1, math.floor((gx + l0_width) / self.cell_l0))
         if row1 < row0 or col1 < col0:
             return []
         if (row1 - row0 + 1) * self.record.grid_cols > limit:
