@@ -122,12 +122,6 @@ class WindowsRecord:
         show (they crop a slide to its bounds); (0, 0) for records without bounds."""
         return self.l0_bounds_x or 0, self.l0_bounds_y or 0
 
-    @property
-    def has_windows(self) -> bool:
-        """False for a run that produced no window at all (slide smaller than a window,
-        no tissue): a result, which later stages render as an empty heatmap."""
-        return self.grid_rows > 0 and self.grid_cols > 0 and (self.windows_processed or 0) > 0
-
     def to_dict(self) -> dict[str, Any]:
         """The JSON object (without ``path``)."""
         data = asdict(self)
