@@ -35,29 +35,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-SLIDE_MPP = 0.25
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import SLIDE_MPP, make_slide  # noqa: E402 - the engine benchmark's slide
+
 SMALL_CACHE_MB = 8
-
-
-def make_slide(path: Path, width: int, height: int, seed: int) -> Path:
-    """A JPEG pyramidal TIFF at 0.25 µm/px with ~40% tissue and texture, written streaming."""
-    import pyvips
-
-    from wsiproc.synth import tissue_image
-
-    if path.exists():
-        return path
-    small = tissue_image(width // 8, height // 8, seed=seed)
-    base = pyvips.Image.new_from_array(small).copy(interpretation="srgb")
-    big = base.resize(8, kernel="linear")
-    noise = pyvips.Image.gaussnoise(big.width, big.height, sigma=9, mean=0)
-    textured = (big + noise.bandjoin([noise, noise])).cast("uchar")
-    textured = textured.crop(0, 0, min(width, textured.width), min(height, textured.height))
-    textured.copy(interpretation="srgb").tiffsave(
-        str(path), tile=True, pyramid=True, compression="jpeg", Q=85, tile_width=256,
-        tile_height=256, xres=1000.0 / SLIDE_MPP, yres=1000.0 / SLIDE_MPP, resunit="cm",
-    )  # fmt: skip
-    return path
 
 
 def wsiproc(*args: str) -> None:
