@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint
 from .collector import ModelCollector, StreamCollector, StreamInfo, make_collector
 from .lock import OutputLock
 from .pipeline import Pipeline
-from .plan import RunIdentity, file_stamp, fingerprint, plan_stream, slide_stamp, window_tissue
+from .plan import RunIdentity, file_stamp, fingerprint, plan_stream, slide_stamp, window_fractions
 
 ON_READ_ERROR = ("fail", "skip")
 
@@ -204,8 +204,8 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             ink_px = ink_mask(thumb)
             tissue_px = tissue_mask(thumb, ink_px)
         # Masks (ours or the level stage's) cover the bounds, as the thumbnail does.
-        tissue = window_tissue(grid, tissue_px, info.l0_bounds)
-        ink = window_tissue(grid, ink_px, info.l0_bounds)
+        tissue = window_fractions(grid, tissue_px, info.l0_bounds)
+        ink = window_fractions(grid, ink_px, info.l0_bounds)
         stream = plan_stream(
             grid,
             tissue,

@@ -48,8 +48,9 @@ class StreamPlan:
         return int(self.keep.sum())
 
 
-def window_tissue(grid: Grid, mask: np.ndarray | None, l0_box: L0Box) -> np.ndarray:
-    """(rows, cols) float32 tissue fraction of every window from a thumbnail-sized mask.
+def window_fractions(grid: Grid, mask: np.ndarray | None, l0_box: L0Box) -> np.ndarray:
+    """(rows, cols) float32 fraction of every window covered by a thumbnail-sized mask
+    (tissue, or ink).
 
     ``mask`` covers ``l0_box`` (the slide's bounds, or the whole slide), as
     :meth:`wsiproc.slide.Slide.thumbnail_rgb` does. ``mask`` None (no window, or no mask
