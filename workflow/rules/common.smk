@@ -123,10 +123,18 @@ if len(missing):
     )
 
 
-# 3. Wildcard constraints: only ids from the sheet match -------------------------------
+# 3. Per-slide lookups, built once: the DAG asks for them thousands of times ----------
+SLIDE_PATH = dict(zip(samples["slide"], samples["path"]))
+SLIDE_MPP = dict(zip(samples["slide"], samples["mpp"]))
+PATIENT_SLIDES = samples.groupby("patient", sort=False)["slide"].agg(list).to_dict()
+
+
+# Ids as the sheet schema allows them. Not the sheet's ids themselves: an alternation of
+# every id is copied into every path pattern and rescanned for each job (quadratic in the
+# cohort size); the inputs below already resolve only the sheet's slides.
 wildcard_constraints:
-    patient="|".join(map(re.escape, samples["patient"].unique())),
-    slide="|".join(map(re.escape, samples["slide"])),
+    patient="[A-Za-z0-9._-]+",
+    slide="[A-Za-z0-9._-]+",
 
 
 # 4. Helpers ---------------------------------------------------------------------------
@@ -136,17 +144,22 @@ def get_final_outputs():
     return [
         *expand(list(rules.heatmap.output), zip, **per_slide),
         *expand(list(rules.qc.output), zip, **per_slide),
-        *expand(rules.patient_csv.output.csv, patient=samples["patient"].unique()),
+        *expand(rules.patient_csv.output.csv, patient=list(PATIENT_SLIDES)),
         *rules.report.output,
     ]
 
 
 def get_slide(wildcards):
     """The slide file of one sheet row."""
-    return samples.loc[wildcards.slide, "path"]
+    try:
+        return SLIDE_PATH[wildcards.slide]
+    except KeyError:
+        raise WorkflowError(
+            f"slide {wildcards.slide} is not in the sample sheet {SHEET}"
+        ) from None
 
 
-def get_level_spec(wildcards):
+def level_spec():
     """The `wsiproc level` flag naming the processing resolution, e.g. `--mpp 0.5`, and
     `--allow-upsampling` when level.allow_upsampling is set."""
     spec = config["level"]
@@ -155,7 +168,7 @@ def get_level_spec(wildcards):
     return f"{LEVEL_FLAGS[key]} {shlex.quote(str(spec[key]))}{upsampling}"
 
 
-def get_level_function_file(wildcards):
+def level_function_files():
     """A `path.py:func` level chooser as input, so editing it reruns select_level."""
     function = config["level"]["function"]
     if function is None:
@@ -166,22 +179,17 @@ def get_level_function_file(wildcards):
 
 def get_slide_mpp(wildcards):
     """`--slide-mpp M` from the sheet's mpp cell (overrides the slide's metadata), or nothing."""
-    mpp = samples.loc[wildcards.slide, "mpp"]
+    mpp = SLIDE_MPP[wildcards.slide]
     return "" if pd.isna(mpp) else f"--slide-mpp {float(mpp)!r}"
 
 
-def get_fallback_mpp(wildcards):
+def fallback_mpp():
     """`--fallback-mpp M` from level.fallback_mpp (slides without metadata), or nothing."""
     mpp = config["level"]["fallback_mpp"]
     return "" if mpp is None else f"--fallback-mpp {float(mpp)!r}"
 
 
-def get_model(wildcards):
-    """The model spec as written in the config (`builtin:NAME` or a file)."""
-    return config["model"]["path"]
-
-
-def get_model_files(wildcards):
+def model_files():
     """A model file and its sidecar (as wsiproc picks it) as inputs: a new model reruns infer."""
     model = config["model"]["path"]
     if model.startswith("builtin:"):
@@ -191,9 +199,33 @@ def get_model_files(wildcards):
     return [model, *[p for p in sidecars if os.path.isfile(p)][:1]]
 
 
-def get_mpp_mismatch(wildcards):
+def mpp_mismatch():
     """`--allow-mpp-mismatch` when model.allow_mpp_mismatch is set, else nothing."""
     return "--allow-mpp-mismatch" if config["model"]["allow_mpp_mismatch"] else ""
+
+
+def heatmap_output():
+    """`--output NAME` when heatmap.output is set, else nothing (the first output)."""
+    name = config["heatmap"]["output"]
+    return "" if name is None else f"--output {shlex.quote(name)}"
+
+
+def heatmap_limit(key):
+    """`--vmin V` / `--vmax V` when heatmap.vmin / vmax is set, else nothing (the data's)."""
+    value = config["heatmap"][key]
+    return "" if value is None else f"--{key} {float(value)!r}"
+
+
+# Config-derived values are the same for every job: computed once here, they reach the
+# rules as plain params (a function per job would be called and inspected per job).
+LEVEL_SPEC = level_spec()
+LEVEL_FUNCTION_FILES = level_function_files()
+FALLBACK_MPP = fallback_mpp()
+MODEL_FILES = model_files()
+MPP_MISMATCH = mpp_mismatch()
+HEATMAP_OUTPUT = heatmap_output()
+HEATMAP_VMIN = heatmap_limit("vmin")
+HEATMAP_VMAX = heatmap_limit("vmax")
 
 
 def get_infer_gpus(wildcards):
@@ -213,27 +245,9 @@ def get_device(wildcards, resources):
     return config["model"]["device"]
 
 
-def get_heatmap_output(wildcards):
-    """`--output NAME` when heatmap.output is set, else nothing (the first output)."""
-    name = config["heatmap"]["output"]
-    return "" if name is None else f"--output {shlex.quote(name)}"
-
-
-def get_heatmap_vmin(wildcards):
-    """`--vmin V` when heatmap.vmin is set, else nothing (the data minimum)."""
-    vmin = config["heatmap"]["vmin"]
-    return "" if vmin is None else f"--vmin {float(vmin)!r}"
-
-
-def get_heatmap_vmax(wildcards):
-    """`--vmax V` when heatmap.vmax is set, else nothing (the data maximum)."""
-    vmax = config["heatmap"]["vmax"]
-    return "" if vmax is None else f"--vmax {float(vmax)!r}"
-
-
 def get_patient_windows(wildcards):
     """windows.csv of every slide of one patient, in sheet order."""
-    slides = samples.loc[samples["patient"] == wildcards.patient, "slide"]
+    slides = PATIENT_SLIDES[wildcards.patient]
     return expand(rules.infer.output.csv, patient=wildcards.patient, slide=slides)
 
 

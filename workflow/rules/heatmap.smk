@@ -26,11 +26,11 @@ rule heatmap:
         mem_mb=4000,
         runtime=30,
     params:
-        mode=lookup(dpath="heatmap/mode", within=config),
-        colormap=lookup(dpath="heatmap/colormap", within=config),
-        output=get_heatmap_output,
-        vmin=get_heatmap_vmin,
-        vmax=get_heatmap_vmax,
+        mode=config["heatmap"]["mode"],
+        colormap=config["heatmap"]["colormap"],
+        output=HEATMAP_OUTPUT,
+        vmin=HEATMAP_VMIN,
+        vmax=HEATMAP_VMAX,
         version=WSIPROC_VERSION,
     shell:
         r"""

@@ -6,7 +6,7 @@ rule infer:
         slide=get_slide,
         plan=rules.select_level.output.level,
         mask=rules.select_level.output.mask,
-        model=get_model_files,
+        model=MODEL_FILES,
     output:
         csv="<results>/{patient}/{slide}/windows.csv",
         meta="<results>/{patient}/{slide}/windows.json",
@@ -16,20 +16,20 @@ rule infer:
         "<benchmarks>/infer/{patient}/{slide}.tsv"
     conda:
         "../envs/wsiproc.yaml"
-    threads: lookup(dpath="loader/workers", within=config)
+    threads: config["loader"]["workers"]
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=get_infer_gpus,
     params:
-        kernel_size=lookup(dpath="window/kernel_size", within=config),
-        stride=lookup(dpath="window/stride", within=config),
-        border=lookup(dpath="window/border", within=config),
-        min_tissue=lookup(dpath="window/min_tissue", within=config),
-        on_read_error=lookup(dpath="window/on_read_error", within=config),
-        model=get_model,
-        precision=lookup(dpath="model/precision", within=config),
-        mpp_mismatch=get_mpp_mismatch,
+        kernel_size=config["window"]["kernel_size"],
+        stride=config["window"]["stride"],
+        border=config["window"]["border"],
+        min_tissue=config["window"]["min_tissue"],
+        on_read_error=config["window"]["on_read_error"],
+        model=config["model"]["path"],
+        precision=config["model"]["precision"],
+        mpp_mismatch=MPP_MISMATCH,
         batch_size=get_batch_size,
         device=get_device,
         version=WSIPROC_VERSION,

@@ -4,7 +4,7 @@
 rule select_level:
     input:
         slide=get_slide,
-        function=get_level_function_file,
+        function=LEVEL_FUNCTION_FILES,
     output:
         level="<results>/{patient}/{slide}/level.json",
         thumbnail=report(
@@ -32,9 +32,9 @@ rule select_level:
         mem_mb=2000,
         runtime=20,
     params:
-        level_spec=get_level_spec,
+        level_spec=LEVEL_SPEC,
         slide_mpp=get_slide_mpp,
-        fallback_mpp=get_fallback_mpp,
+        fallback_mpp=FALLBACK_MPP,
         version=WSIPROC_VERSION,
     shell:
         r"""

@@ -29,9 +29,9 @@ rule qc:
         mem_mb=2000,
         runtime=20,
     params:
-        blur_threshold=lookup(dpath="qc/blur_threshold", within=config),
-        pen_threshold=lookup(dpath="qc/pen_threshold", within=config),
-        min_tissue_percent=lookup(dpath="qc/min_tissue_percent", within=config),
+        blur_threshold=config["qc"]["blur_threshold"],
+        pen_threshold=config["qc"]["pen_threshold"],
+        min_tissue_percent=config["qc"]["min_tissue_percent"],
         version=WSIPROC_VERSION,
     shell:
         r"""

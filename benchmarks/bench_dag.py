@@ -1,0 +1,343 @@
+"""Measure how long Snakemake takes to plan the wsiproc workflow for big sample sheets.
+
+Planning time is paid before the first job of every run starts (and, on a cluster, partly
+again by the Snakemake inside every job), so it must grow with the cohort no faster than
+Snakemake's own cost. The limit is measured in the same run: a bare Snakefile with the same
+DAG shape (the same rules, with the same inputs, outputs, logs and benchmarks, and `touch`
+as the command) planned for the same sheet. Each size is planned in two ways:
+
+* ``quiet``: ``snakemake -n -q`` without any profile (Snakemake's own minimum);
+* ``profile``: ``snakemake -n`` with the workflow's default profile (what a user's dry run
+  costs: printing every job, printshellcmds, keep-going, rerun-incomplete).
+
+Also measures a "touched" dry run: with every output of a finished run in place (empty
+files, mtimes in DAG order), one slide's file is given a newer
+mtime and the dry run must plan exactly that slide's jobs, its patient's CSV and the cohort
+report.
+
+Slides are empty files (a dry run never opens them). Prints a table; ``--json`` writes it.
+
+Usage: python benchmarks/bench_dag.py [--sizes 1000 10000] [--repeats 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SLIDES_PER_PATIENT = 3
+
+BARE_SNAKEFILE = """\
+# Bare Snakefile: the wsiproc DAG's shape and nothing else (the benchmark's limit).
+import csv
+import os
+
+rows = list(csv.DictReader(open(config["samples"]), delimiter="\\t"))
+PATIENTS = list(dict.fromkeys(r["patient"] for r in rows))
+PATH = {r["slide"]: r["path"] for r in rows}
+BY_PATIENT = {}
+for r in rows:
+    BY_PATIENT.setdefault(r["patient"], []).append(r["slide"])
+SD = os.path.dirname(config["samples"])
+P = [r["patient"] for r in rows]
+S = [r["slide"] for r in rows]
+
+
+def slide(w):
+    return os.path.join(SD, PATH[w.slide])
+
+
+def patient_windows(w):
+    return expand("results/{p}/{s}/windows.csv", p=w.patient, s=BY_PATIENT[w.patient])
+
+
+localrules: all, patient_csv, report
+
+rule all:
+    input:
+        expand("results/{p}/{s}/heatmap.tif", zip, p=P, s=S),
+        expand("results/{p}/{s}/qc.json", zip, p=P, s=S),
+        expand("results/{p}/{p}.csv", p=PATIENTS),
+        "results/report.html",
+
+rule select_level:
+    input:
+        slide,
+    output:
+        "results/{patient}/{slide}/level.json",
+        "results/{patient}/{slide}/thumbnail.png",
+        "results/{patient}/{slide}/mask.png",
+    log:
+        "logs/select_level/{patient}/{slide}.log",
+    benchmark:
+        "logs/benchmarks/select_level/{patient}/{slide}.tsv"
+    shell:
+        "touch {output} {log}"
+
+rule infer:
+    input:
+        slide,
+        "results/{patient}/{slide}/level.json",
+        "results/{patient}/{slide}/mask.png",
+    output:
+        "results/{patient}/{slide}/windows.csv",
+        "results/{patient}/{slide}/windows.json",
+    log:
+        "logs/infer/{patient}/{slide}.log",
+    benchmark:
+        "logs/benchmarks/infer/{patient}/{slide}.tsv"
+    shell:
+        "touch {output} {log}"
+
+rule heatmap:
+    input:
+        "results/{patient}/{slide}/windows.csv",
+        "results/{patient}/{slide}/windows.json",
+    output:
+        "results/{patient}/{slide}/heatmap.tif",
+        "results/{patient}/{slide}/heatmap_rgb.tif",
+        "results/{patient}/{slide}/windows.geojson",
+    log:
+        "logs/heatmap/{patient}/{slide}.log",
+    benchmark:
+        "logs/benchmarks/heatmap/{patient}/{slide}.tsv"
+    shell:
+        "touch {output} {log}"
+
+rule qc:
+    input:
+        slide,
+        "results/{patient}/{slide}/level.json",
+        "results/{patient}/{slide}/thumbnail.png",
+        "results/{patient}/{slide}/mask.png",
+        "results/{patient}/{slide}/windows.csv",
+        "results/{patient}/{slide}/windows.json",
+        "logs/benchmarks/infer/{patient}/{slide}.tsv",
+    output:
+        "results/{patient}/{slide}/qc.json",
+        "results/{patient}/{slide}/qc.html",
+    log:
+        "logs/qc/{patient}/{slide}.log",
+    benchmark:
+        "logs/benchmarks/qc/{patient}/{slide}.tsv"
+    shell:
+        "touch {output} {log}"
+
+rule patient_csv:
+    input:
+        patient_windows,
+    output:
+        "results/{patient}/{patient}.csv",
+    log:
+        "logs/patient_csv/{patient}.log",
+    benchmark:
+        "logs/benchmarks/patient_csv/{patient}.tsv"
+    shell:
+        "touch {output} {log}"
+
+rule report:
+    input:
+        expand("results/{p}/{s}/qc.json", zip, p=P, s=S),
+        config["samples"],
+    output:
+        "results/report.html",
+        "results/summary.tsv",
+    log:
+        "logs/report/report.log",
+    benchmark:
+        "logs/benchmarks/report/report.tsv"
+    shell:
+        "touch {output} {log}"
+"""
+
+
+def make_cohort(root: Path, n_slides: int) -> Path:
+    """A sheet of ``n_slides`` empty slide files, three per patient; returns the sheet."""
+    slides = root / "slides"
+    slides.mkdir(parents=True, exist_ok=True)
+    lines = ["patient\tslide\tpath\tmpp"]
+    for i in range(n_slides):
+        patient, slide = f"P{i // SLIDES_PER_PATIENT:05d}", f"S{i:05d}"
+        (slides / f"{slide}.svs").touch()
+        lines.append(f"{patient}\t{slide}\tslides/{slide}.svs\t")
+    sheet = root / "samples.tsv"
+    sheet.write_text("\n".join(lines) + "\n")
+    return sheet
+
+
+def snakemake(workdir: Path, snakefile: Path, args: list[str]) -> tuple[float, str]:
+    """Run snakemake once; seconds and combined output (raises with the output on failure)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), *args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    seconds = time.perf_counter() - start
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
+    return seconds, out
+
+
+def real_config(sheet: Path) -> list[str]:
+    """The shipped config, with the generated sheet and the bare workflow's output dirs."""
+    configfile = REPO / "config" / "config.yaml"
+    return [
+        "--configfile",
+        str(configfile),
+        "--config",
+        f"samples={sheet}",
+        "outdir=results",
+        "logdir=logs",
+    ]
+
+
+def variants(workdir: Path, sheet: Path) -> dict[str, dict[str, list[str]]]:
+    """Per mode, the arguments of the real and the bare workflow."""
+    config = real_config(sheet)
+    bare_config = ["--config", f"samples={sheet}"]
+    profile = REPO / "workflow" / "profiles" / "default"
+    return {
+        "quiet": {
+            "real": ["-n", "-q", "rules", "--workflow-profile", "none", *config],
+            "bare": ["-n", "-q", "rules", "--workflow-profile", "none", *bare_config],
+        },
+        "profile": {
+            "real": ["-n", "--workflow-profile", str(profile), *config],
+            "bare": ["-n", "--workflow-profile", str(profile), *bare_config],
+        },
+    }
+
+
+# Per stage (in DAG order): the files one slide's jobs write, as in workflow/rules/*.smk.
+SLIDE_FILES = [
+    [
+        "results/{p}/{s}/level.json",
+        "results/{p}/{s}/thumbnail.png",
+        "results/{p}/{s}/mask.png",
+        "logs/select_level/{p}/{s}.log",
+        "logs/benchmarks/select_level/{p}/{s}.tsv",
+    ],
+    [
+        "results/{p}/{s}/windows.csv",
+        "results/{p}/{s}/windows.json",
+        "logs/infer/{p}/{s}.log",
+        "logs/benchmarks/infer/{p}/{s}.tsv",
+    ],
+    [
+        "results/{p}/{s}/heatmap.tif",
+        "results/{p}/{s}/heatmap_rgb.tif",
+        "results/{p}/{s}/windows.geojson",
+        "logs/heatmap/{p}/{s}.log",
+        "logs/benchmarks/heatmap/{p}/{s}.tsv",
+        "results/{p}/{s}/qc.json",
+        "results/{p}/{s}/qc.html",
+        "logs/qc/{p}/{s}.log",
+        "logs/benchmarks/qc/{p}/{s}.tsv",
+    ],
+]
+PATIENT_FILES = [
+    "results/{p}/{p}.csv",
+    "logs/patient_csv/{p}.log",
+    "logs/benchmarks/patient_csv/{p}.tsv",
+]
+COHORT_FILES = [
+    "results/report.html",
+    "results/summary.tsv",
+    "logs/report/report.log",
+    "logs/benchmarks/report/report.tsv",
+]
+
+
+def write_outputs(workdir: Path, sheet: Path) -> None:
+    """Every output of a finished run, as empty files whose mtimes follow the DAG's order."""
+    rows = [line.split("\t")[:2] for line in sheet.read_text().splitlines()[1:]]
+    start = time.time() - 3600
+
+    def make(path: str, stage: int) -> None:
+        target = workdir / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch()
+        os.utime(target, (start + stage, start + stage))
+
+    for patient, slide in rows:
+        os.utime(workdir / "slides" / f"{slide}.svs", (start, start))
+        for stage, patterns in enumerate(SLIDE_FILES, 1):
+            for pattern in patterns:
+                make(pattern.format(p=patient, s=slide), stage)
+    for patient in dict.fromkeys(p for p, _ in rows):
+        for pattern in PATIENT_FILES:
+            make(pattern.format(p=patient), 10)
+    os.utime(sheet, (start, start))
+    for path in COHORT_FILES:
+        make(path, 11)
+
+
+def touched_plan(workdir: Path, snakefile: Path, sheet: Path) -> dict[str, object]:
+    """With every output in place, one slide is replaced: which jobs are planned, how fast?"""
+    write_outputs(workdir, sheet)
+    slide = sorted((workdir / "slides").iterdir())[0]
+    os.utime(slide)  # now: newer than every output
+    args = ["-n", "-q", "rules", "--workflow-profile", "none", *real_config(sheet)]
+    seconds, out = snakemake(workdir, snakefile, args)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    return {"seconds": seconds, "jobs": {k: int(v) for k, v in counts.items()}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument("--json", help="write every figure to this JSON file")
+    parser.add_argument("--workdir", help="keep generated files here (default: a temp dir)")
+    parser.add_argument("--no-touched", action="store_true", help="skip the touched-slide run")
+    args = parser.parse_args()
+
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_dag_"))
+    real_snakefile = REPO / "workflow" / "Snakefile"
+    root.mkdir(parents=True, exist_ok=True)
+    bare_snakefile = root / "bare.smk"
+    bare_snakefile.write_text(BARE_SNAKEFILE)
+    results: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "sizes": {},
+    }
+    print(f"{'slides':>7} {'mode':>8} {'real s':>8} {'bare s':>8} {'ratio':>6}")
+    for n in args.sizes:
+        size_dir = root / f"n{n}"
+        sheet = make_cohort(size_dir, n)
+        per_mode: dict[str, dict[str, float]] = {}
+        for mode, pair in variants(size_dir, sheet).items():
+            times: dict[str, list[float]] = {"real": [], "bare": []}
+            for _ in range(args.repeats):  # interleaved, so drift hits both alike
+                for kind, snakefile in (("real", real_snakefile), ("bare", bare_snakefile)):
+                    times[kind].append(snakemake(size_dir, snakefile, pair[kind])[0])
+            real, bare = statistics.median(times["real"]), statistics.median(times["bare"])
+            per_mode[mode] = {"real_s": real, "bare_s": bare, "ratio": real / bare}
+            print(f"{n:>7} {mode:>8} {real:>8.2f} {bare:>8.2f} {real / bare:>6.2f}")
+        entry: dict[str, object] = {"modes": per_mode}
+        if not args.no_touched:
+            touched = touched_plan(size_dir, real_snakefile, sheet)
+            entry["touched_one_slide"] = touched
+            print(f"{n:>7} touched one slide: {touched['jobs']} in {touched['seconds']:.2f} s")
+        results["sizes"][str(n)] = entry
+        if not args.workdir:
+            shutil.rmtree(size_dir)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if not args.workdir:
+        shutil.rmtree(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
