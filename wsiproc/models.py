@@ -114,17 +114,27 @@ BUILTINS = {"mean-rgb": MeanRGB, "stain": StainDensity}
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``."""
-    if device not in DEVICES:
+    """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``; ``cuda:K`` as given.
+
+    Which GPU a bare ``cuda`` means is decided by the caller: ``wsiproc infer`` claims a free
+    one (:func:`wsiproc.gpus.claim_process_gpu`); elsewhere it is torch's current device.
+    """
+    index = device.partition(":")[2] if device.startswith("cuda:") else None
+    if device not in DEVICES and not (index and index.isdigit()):
         raise ConfigError("device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cpu":
         return "cpu"
     try:
         import torch
     except ImportError:
-        if device == "cuda":
-            raise ConfigError("device", "cuda requested but torch is not installed") from None
+        if device != "auto":
+            raise ConfigError("device", f"{device} requested but torch is not installed") from None
         return "cpu"
+    if index is not None:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(index) >= count:
+            raise ConfigError("device", f"{device} requested but {count} CUDA devices are visible")
+        return device
     if torch.cuda.is_available():
         return "cuda"
     if device == "cuda":
@@ -239,6 +249,10 @@ class TorchScriptModel:
             except (OSError, ValueError) as exc:
                 raise ModelError(str(side), f"unreadable model sidecar JSON: {exc}") from exc
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            # Implicit allocations (pinned memory, cuDNN, autocast) use the current device:
+            # without this, every process would also open a context on cuda:0.
+            torch.cuda.set_device(self.device)
         self.precision = precision
         self.kernel_px = kernel_px
         self.input_size = int(self.sidecar.get("input_size") or kernel_px)

@@ -53,7 +53,9 @@ class WindowsRecord:
     ``output_shape`` ``(C,)`` or ``(C, h, w)``. ``path`` is where the record was read from
     (for messages), not part of the file. ``l0_bounds_*`` is the area the grid covers (the
     slide's OpenSlide bounds, or the whole slide), ``proc_x0, proc_y0`` the grid's origin in
-    processing pixels; ``reader_reason`` says why the probe chose ``reader``.
+    processing pixels; ``reader_reason`` says why the probe chose ``reader``. ``device`` is
+    ``cpu``, ``cuda:K`` (``cuda`` before issue 9) or ``collector``; ``gpu`` the physical id
+    of ``cuda:K`` (UUID, or its ``CUDA_VISIBLE_DEVICES`` entry).
     """
 
     grid_rows: int
@@ -95,6 +97,7 @@ class WindowsRecord:
     l0_bounds_width: int | None = None
     l0_bounds_height: int | None = None
     device: str | None = None
+    gpu: str | None = None
     precision: str | None = None
     mpp_source: str | None = None
     read_errors: ReadErrors = field(default_factory=ReadErrors)

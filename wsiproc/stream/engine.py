@@ -215,7 +215,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             chunk_px=req.chunk_px,
             tile_px=tile_px,
         )
-        collector, source, device = _make_collector(req)
+        collector, source, device, gpu = _make_collector(req)
         names = list(collector.output_names)
         width = len(names)
         identity = RunIdentity(
@@ -249,7 +249,9 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             f"scale {plan.scale:.4g}, grid {grid.rows}x{grid.cols}, {n_keep} windows "
             f"with tissue >= {req.min_tissue}, "
             f"{sum(len(g.chunks) for g in todo)} chunks to read, reader {slide.reader}, "
-            f"device {device}" + (f", resuming after {resumed} windows" if resumed else ""),
+            f"device {device}"
+            + (f" (GPU {gpu})" if gpu else "")
+            + (f", resuming after {resumed} windows" if resumed else ""),
         )
         if n_keep == 0:
             _warn(f"{req.slide}: no window to process ({_why_no_windows(grid, req)})")
@@ -331,6 +333,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         l0_bounds_width=info.l0_bounds.width,
         l0_bounds_height=info.l0_bounds.height,
         device=device,
+        gpu=gpu,
         precision=req.precision,
         mpp_source=plan.mpp_source,
         read_errors=read_errors,
@@ -373,13 +376,22 @@ def _check_model_mpp(req: InferRequest, plan: LevelPlan) -> float | None:
     return model_mpp
 
 
-def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str]:
-    """The user's collector or the model collector, its source, and the device it runs on."""
+def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str | None]:
+    """The user's collector or the model collector, its source, the device it runs on
+    (``cpu``, ``cuda:K`` or ``collector``) and, on a GPU, that GPU's physical id."""
     if req.collector:
-        return make_collector(req.collector), f"collector:{req.collector}", "collector"
+        return make_collector(req.collector), f"collector:{req.collector}", "collector", None
     from ..models import BUILTIN_PREFIX, load_model, resolve_device
 
     # Built-in models run in numpy: do not pay torch's import for them.
     device = "cpu" if req.model.startswith(BUILTIN_PREFIX) else resolve_device(req.device)
+    gpu = None
+    if device == "cuda":  # a free GPU of this machine, held until the process exits
+        from ..gpus import claim_process_gpu
+
+        claim = claim_process_gpu()
+        if claim.note:
+            _warn(claim.note)
+        device, gpu = claim.device, claim.device_id
     model = load_model(req.model, kernel_px=req.kernel_px, device=device, precision=req.precision)
-    return ModelCollector(model), req.model, device
+    return ModelCollector(model), req.model, device, gpu

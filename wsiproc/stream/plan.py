@@ -139,8 +139,9 @@ def slide_stamp(path: str) -> dict[str, Any]:
 class RunIdentity:
     """Everything that decides the output bits of a run, as actually used (not as asked).
 
-    ``device`` is the resolved device (``cuda``, never ``auto``), ``reader`` the reader the
-    slide was opened with, ``model_identity`` includes a model file's content hash: a job
+    ``device`` is the resolved device (``cuda:K``, never ``auto``; the fingerprint keeps only
+    its type, so a resume on another GPU is allowed), ``reader`` the reader the slide was
+    opened with, ``model_identity`` includes a model file's content hash: a job
     killed at a time limit and rerun on another node type starts afresh instead of mixing.
     """
 
@@ -165,6 +166,17 @@ class RunIdentity:
     slide_id: str
 
 
+def device_type(device: str) -> str:
+    """``cuda:1`` -> ``cuda``: which of a machine's GPUs ran a chunk does not change its bits.
+
+    Examples
+    --------
+    >>> device_type("cuda:1"), device_type("cpu")
+    ('cuda', 'cpu')
+    """
+    return device.partition(":")[0]
+
+
 def fingerprint(identity: RunIdentity) -> dict[str, Any]:
     """The JSON object a checkpoint must match exactly to be resumed."""
     return {
@@ -179,7 +191,7 @@ def fingerprint(identity: RunIdentity) -> dict[str, Any]:
         "outputs": list(identity.outputs),
         "batch_size": identity.batch_size,
         "precision": identity.precision,
-        "device": identity.device,
+        "device": device_type(identity.device),
         "reader": identity.reader,
         "chunk_px": identity.chunk_px,
         "tile_px": identity.tile_px,
