@@ -12,6 +12,7 @@ import sys
 
 import jsonschema
 import pandas as pd
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -25,16 +26,19 @@ LEVEL_FLAGS = {
 }
 
 
-def schema_problem(exc):
-    """One line from a failed schema validation: the key path and what is wrong there."""
-    causes = [*exc.args, exc.__cause__, exc.__context__]
-    error = next((c for c in causes if isinstance(c, jsonschema.ValidationError)), None)
-    if error is None:
-        return str(exc).splitlines()[0]
+def error_line(error):
+    """One line from a jsonschema error: the key path and what is wrong there."""
     key = ".".join(map(str, error.absolute_path)) or "(top level)"
     if error.validator == "oneOf":
         return f"{key}: give exactly one of {', '.join(LEVEL_FLAGS)} (the others null)"
     return f"{key}: {error.message}"
+
+
+def schema_problem(exc):
+    """One line from a failed snakemake.utils.validate: the error it wraps, as above."""
+    causes = [*exc.args, exc.__cause__, exc.__context__]
+    error = next((c for c in causes if isinstance(c, jsonschema.ValidationError)), None)
+    return str(exc).splitlines()[0] if error is None else error_line(error)
 
 
 # Fills the schema defaults; unknown keys and bad values stop here, before any job runs.
@@ -89,12 +93,29 @@ samples = pd.read_csv(
     keep_default_na=False,
     na_values={"mpp": [""]},
 )
-try:
-    validate(samples, "../schemas/samples.schema.yaml")
-except WorkflowError as exc:
-    row = re.search(r"row (\d+)", str(exc.args[0]))
-    where = f", data row {int(row.group(1)) + 1}" if row else ""
-    raise WorkflowError(f"sample sheet {SHEET}{where}: {schema_problem(exc)}") from None
+
+
+def sheet_problem(frame):
+    """The first row breaking the sheet schema, as `, data row N: key: problem`, or None.
+
+    One validator for all rows (Snakemake's validate() builds one per row: about twice as
+    slow on a 10,000-slide sheet); empty mpp cells are left out, as the schema expects.
+    """
+    with open(os.path.join(workflow.basedir, "schemas", "samples.schema.yaml")) as f:
+        validator = jsonschema.Draft202012Validator(yaml.safe_load(f))
+    for number, row in enumerate(frame.to_dict("records"), 1):
+        row = {k: v for k, v in row.items() if not (isinstance(v, float) and v != v)}
+        error = next(validator.iter_errors(row), None)
+        if error is not None:
+            return f", data row {number}: {error_line(error)}"
+    return None
+
+
+# Checked once, by the Snakemake that plans the run; the Snakemake inside each cluster job
+# gets the same sheet and skips the checks (it must not stat every slide of the cohort).
+problem = sheet_problem(samples) if workflow.is_main_process else None
+if problem:
+    raise WorkflowError(f"sample sheet {SHEET}{problem}")
 
 if samples.empty:
     raise WorkflowError(f"sample sheet {SHEET} lists no slides")
@@ -114,7 +135,9 @@ samples["path"] = [
 ]
 samples = samples.set_index("slide", drop=False)
 
-missing = samples.loc[[not os.path.isfile(p) for p in samples["path"]]]
+missing = samples.loc[
+    [workflow.is_main_process and not os.path.isfile(p) for p in samples["path"]]
+]
 if len(missing):
     first = missing.iloc[0]
     more = f" (and {len(missing) - 1} more slides)" if len(missing) > 1 else ""
@@ -228,11 +251,6 @@ HEATMAP_VMIN = heatmap_limit("vmin")
 HEATMAP_VMAX = heatmap_limit("vmax")
 
 
-def get_infer_gpus(wildcards):
-    """GPUs one infer job claims: none with model.device cpu, else one."""
-    return 0 if config["model"]["device"] == "cpu" else 1
-
-
 # Runtime knobs: these take `resources`, which makes Snakemake treat them as derived and
 # leave them out of the params rerun trigger. Changing them never reruns anything.
 def get_batch_size(wildcards, resources):
@@ -276,7 +294,47 @@ def get_logdir(wildcards=None):
     return config["logdir"]
 
 
-# 5. End of run -------------------------------------------------------------------------
+# 5. Resources and cluster groups ------------------------------------------------------
+# Whether infer needs a GPU is the same for every slide: a TorchScript model not pinned to
+# the CPU does (device auto may still fall back to the CPU where a node has none).
+INFER_GPUS = int(
+    not config["model"]["path"].startswith("builtin:")
+    and config["model"]["device"] != "cpu"
+)
+
+
+def attempt_scaled(amount):
+    """A resource that grows with each attempt: a job killed for memory (or time) is
+    retried with two, then three times as much (the SLURM profile sets `retries`)."""
+
+    def scaled(wildcards, attempt):
+        return amount * attempt
+
+    return scaled
+
+
+# On a cluster, a slide's cheap steps run in the same job as its inference, so the
+# scheduler sees one job per slide, not four. A GPU is not held while heatmap and qc run:
+# with a GPU model only level selection shares the GPU job. Slides never share a job, so
+# a broken slide fails alone. A single machine ignores groups.
+JOB_GROUP = {
+    "select_level": "slide",
+    "infer": "slide",
+    "heatmap": None if INFER_GPUS else "slide",
+    "qc": None if INFER_GPUS else "slide",
+}
+
+# Partition and GPU model of the GPU job (config gpu_jobs), if set; jobs of one group must
+# ask for the same partition, so level selection gets it too.
+GPU_JOB_RESOURCES = {
+    key: config["gpu_jobs"][name]
+    for key, name in (("slurm_partition", "partition"), ("gpu_model", "gpu_model"))
+    if INFER_GPUS and config["gpu_jobs"][name] is not None
+}
+INFER_MEM_MB = config["gpu_jobs"]["mem_mb"] if INFER_GPUS else 8000
+
+
+# 6. End of run -------------------------------------------------------------------------
 def print_run_summary(stage):
     """Run `wsiproc report` (after a failure) or `wsiproc status` (after success) and print
     its lines (counts, failed slides, report path) as the run's last terminal lines.

@@ -19,12 +19,14 @@ rule heatmap:
         "<logs>/heatmap/{patient}/{slide}.log",
     benchmark:
         "<benchmarks>/heatmap/{patient}/{slide}.tsv"
+    group:
+        JOB_GROUP["heatmap"]
     conda:
         "../envs/wsiproc.yaml"
-    threads: 2
+    threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=attempt_scaled(4000),
+        runtime=attempt_scaled(30),
     params:
         mode=config["heatmap"]["mode"],
         colormap=config["heatmap"]["colormap"],

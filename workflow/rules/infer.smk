@@ -14,13 +14,16 @@ rule infer:
         "<logs>/infer/{patient}/{slide}.log",
     benchmark:
         "<benchmarks>/infer/{patient}/{slide}.tsv"
+    group:
+        JOB_GROUP["infer"]
     conda:
         "../envs/wsiproc.yaml"
     threads: config["loader"]["workers"]
     resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=get_infer_gpus,
+        **GPU_JOB_RESOURCES,
+        mem_mb=attempt_scaled(INFER_MEM_MB),
+        runtime=attempt_scaled(120),
+        gpu=INFER_GPUS,
     params:
         kernel_size=config["window"]["kernel_size"],
         stride=config["window"]["stride"],

@@ -25,12 +25,15 @@ rule select_level:
         "<logs>/select_level/{patient}/{slide}.log",
     benchmark:
         "<benchmarks>/select_level/{patient}/{slide}.tsv"
+    group:
+        JOB_GROUP["select_level"]
     conda:
         "../envs/wsiproc.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=20,
+        **GPU_JOB_RESOURCES,
+        mem_mb=attempt_scaled(2000),
+        runtime=attempt_scaled(20),
     params:
         level_spec=LEVEL_SPEC,
         slide_mpp=get_slide_mpp,

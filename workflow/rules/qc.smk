@@ -22,12 +22,14 @@ rule qc:
         "<logs>/qc/{patient}/{slide}.log",
     benchmark:
         "<benchmarks>/qc/{patient}/{slide}.tsv"
+    group:
+        JOB_GROUP["qc"]
     conda:
         "../envs/wsiproc.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=attempt_scaled(2000),
+        runtime=attempt_scaled(20),
     params:
         blur_threshold=config["qc"]["blur_threshold"],
         pen_threshold=config["qc"]["pen_threshold"],
