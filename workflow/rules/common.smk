@@ -331,7 +331,9 @@ GPU_JOB_RESOURCES = {
     for key, name in (("slurm_partition", "partition"), ("gpu_model", "gpu_model"))
     if INFER_GPUS and config["gpu_jobs"][name] is not None
 }
-INFER_MEM_MB = config["gpu_jobs"]["mem_mb"] if INFER_GPUS else 8000
+# Host memory of infer: a CPU run peaks near 1 GB with a ResNet-18-sized model
+# (docs/performance.md); a GPU run adds the CUDA context and pinned batches.
+INFER_MEM_MB = config["gpu_jobs"]["mem_mb"] if INFER_GPUS else 4000
 
 
 # 6. End of run -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ rule heatmap:
         "../envs/wsiproc.yaml"
     threads: 1
     resources:
-        mem_mb=attempt_scaled(4000),
+        mem_mb=attempt_scaled(2000),
         runtime=attempt_scaled(30),
     params:
         mode=config["heatmap"]["mode"],

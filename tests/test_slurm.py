@@ -1,0 +1,238 @@
+"""The SLURM profile on a real SLURM: a one-node cluster on this machine (Debian slurm-wlm and
+munge, started by scripts/slurm_local_up.sh), the demo cohort plus one broken slide submitted
+through `--workflow-profile slurm`, and a TorchScript-model config whose GPU request is read
+from the sbatch calls the plugin logs.
+
+Starting SLURM needs root (CI runs as root). A cluster that cannot start fails the tests
+with the script's reason; they are skipped only when WSIPROC_SKIP_SLURM=1 is set by hand.
+Every Snakemake run is under a hard timeout that ends in SIGKILL of its whole process group:
+a status query that never answers would otherwise wait forever.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
+BIN_DIR = os.path.dirname(sys.executable)
+BROKEN = ("PX", "PX_broken")
+
+pytestmark = pytest.mark.slow
+
+
+def tool_env() -> dict[str, str]:
+    """The environment with this interpreter's bin directory first on PATH (jobs inherit it:
+    the plugin submits with --export=ALL)."""
+    env = dict(os.environ)
+    env["PATH"] = BIN_DIR + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run_killable(cmd: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; past ``timeout`` seconds, SIGKILL the group."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[:6])} ... killed after {timeout} s:\n{out[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def snakemake(workdir: Path, *args: str, profile: Path | str = "none", timeout: int = 600):
+    """The real workflow in ``workdir`` (its own outdir/logdir), with the given profile."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
+    cmd += ["--workflow-profile", str(profile), *args]
+    return run_killable(cmd, workdir, timeout)
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    """A running one-node SLURM (installed and started if needed), cleaned up after."""
+    if os.environ.get("WSIPROC_SKIP_SLURM") == "1":
+        pytest.skip("WSIPROC_SKIP_SLURM=1")
+    up = run_killable(["bash", str(REPO / "scripts" / "slurm_local_up.sh")], REPO, 300)
+    if up.returncode != 0:
+        pytest.fail(f"SLURM did not start (scripts/slurm_local_up.sh):\n{up.stdout[-3000:]}")
+    if shutil.which("sbatch") is None:
+        pytest.fail("SLURM started but sbatch is not on PATH")
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        pytest.fail("snakemake-executor-plugin-slurm is not installed (pip install -e .[test])")
+    yield
+    subprocess.run(["scancel", "--user", str(os.getuid())], capture_output=True, timeout=30)
+    subprocess.run(["bash", str(REPO / "scripts" / "slurm_local_down.sh")], timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The demo cohort and one more patient whose only slide is not a slide at all."""
+    root = tmp_path_factory.mktemp("slurm")
+    made = run_killable([sys.executable, "-m", "wsiproc", "demo", str(root / "demo")], root, 600)
+    assert made.returncode == 0, made.stdout
+    configfile = root / "demo" / "config.yaml"
+    config = yaml.safe_load(configfile.read_text())
+    sheet = Path(config["samples"])
+    good = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
+    broken = sheet.parent / "slides" / "broken.svs"
+    broken.write_bytes(b"II*\x00" + os.urandom(4096))  # a TIFF header, then noise
+    with sheet.open("a") as f:
+        f.write(f"{BROKEN[0]}\t{BROKEN[1]}\tslides/broken.svs\t\n")
+    return {
+        "root": root,
+        "configfile": configfile,
+        "good": list(zip(good["patient"], good["slide"], strict=True)),
+    }
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm: None, cohort: dict) -> dict[str, object]:
+    """The cohort through the SLURM profile and, for comparison, on this machine alone."""
+    root, configfile = cohort["root"], str(cohort["configfile"])
+    local = snakemake(
+        root, "--configfile", configfile, "--config", "outdir=local", "logdir=local_logs",
+        "--cores", "2", "--keep-going",
+    )  # fmt: skip
+    cluster = snakemake(
+        root, "--configfile", configfile, "--config", "outdir=results", "logdir=logs",
+        "--jobs", "4", "--slurm-init-seconds-before-status-checks", "2",
+        "--slurm-keep-successful-logs", "--verbose",
+        profile=SLURM_PROFILE,
+    )  # fmt: skip
+    return {"local": local, "cluster": cluster, **cohort}
+
+
+def sbatch_calls(output: str) -> list[str]:
+    """Every sbatch command line the SLURM plugin logged (--verbose)."""
+    return re.findall(r"^sbatch call: (sbatch .*)$", output, flags=re.M)
+
+
+def job_state(job_id: str) -> str:
+    """SLURM's state of a job (finished jobs stay known for MinJobAge = 300 s)."""
+    shown = subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30
+    )
+    match = re.search(r"JobState=(\w+)", shown.stdout)
+    return match.group(1) if match else f"unknown ({shown.stderr.strip()})"
+
+
+def test_each_slide_is_one_slurm_job_that_completes(slurm_run: dict) -> None:
+    out = slurm_run["cluster"].stdout
+    assert slurm_run["cluster"].returncode != 0, "the broken slide must fail the run"
+    submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: ([^)]+)\)", out)
+    calls = sbatch_calls(out)
+    slides = [s for _, s in slurm_run["good"]] + [BROKEN[1]]
+    # One group job per slide (level, infer, heatmap, qc), the broken one tried three times
+    # with more memory each time.
+    assert len(submitted) == len(calls) == len(slides) + 2, out[-3000:]
+    broken = [int(re.search(r" --mem (\d+) ", c).group(1)) for c in calls if BROKEN[1] in c]
+    assert broken == [broken[0], 2 * broken[0], 3 * broken[0]]
+    for slide in slides:
+        targets = [c for c in calls if f"slide={slide}'" in c]
+        assert targets, f"no job for {slide}"
+        for call in targets:
+            for rule in ("select_level", "infer", "heatmap", "qc"):
+                assert f"'{rule}:patient=" in call
+    states = {job_id: job_state(job_id) for job_id, _ in submitted}
+    assert list(states.values()).count("COMPLETED") == len(slurm_run["good"]), states
+    assert list(states.values()).count("FAILED") == 3, states
+    for job_id, log in submitted:
+        assert Path(log).is_file(), f"SLURM log of job {job_id} missing: {log}"
+    # Built-in model: no job asks for a GPU; every job asks for memory and time.
+    for call in calls:
+        assert "--gpus" not in call and "--gres" not in call
+        assert re.search(r" --mem \d+ ", call) and re.search(r" -t \d+ ", call)
+
+
+def test_cluster_results_equal_local_results_byte_for_byte(slurm_run: dict) -> None:
+    root = slurm_run["root"]
+    assert slurm_run["local"].returncode != 0  # the broken slide, on this machine too
+    compared = 0
+    for patient, slide in slurm_run["good"]:
+        for name in ("windows.csv", "heatmap.tif"):
+            cluster = root / "results" / patient / slide / name
+            local = root / "local" / patient / slide / name
+            if name == "windows.csv":
+                assert cluster.read_bytes() == local.read_bytes(), f"{patient}/{slide}/{name}"
+                compared += 1
+            else:
+                assert cluster.is_file() and local.is_file()
+    for patient in {p for p, _ in slurm_run["good"]}:
+        name = f"{patient}/{patient}.csv"
+        assert (root / "results" / name).read_bytes() == (root / "local" / name).read_bytes()
+    assert compared == len(slurm_run["good"])
+
+
+def test_broken_slide_fails_alone_on_the_cluster(slurm_run: dict) -> None:
+    out = slurm_run["cluster"].stdout
+    good = len(slurm_run["good"])
+    counts = re.search(r"^wsiproc: (\d+) ok, (\d+) flagged, .*?(\d+) failed: (.+)$", out, re.M)
+    assert counts, out[-3000:]
+    ok, flagged, failed, which = counts.groups()
+    assert int(ok) + int(flagged) == good and int(failed) == 1 and which == BROKEN[1]
+    summary = pd.read_csv(slurm_run["root"] / "results" / "summary.tsv", sep="\t", dtype=str)
+    row = summary.set_index("slide_id").loc[BROKEN[1]]
+    assert row["status"] == "failed"
+    assert "broken.svs" in row["error"]
+
+
+def test_torch_model_infer_asks_for_a_gpu(slurm: None, cohort: dict) -> None:
+    """On this GPU-less cluster sbatch refuses the request, so nothing runs: what is checked
+    is the request itself, its partition and GPU model, and memory scaled per attempt."""
+    torch = pytest.importorskip("torch")
+    root = cohort["root"]
+    net = torch.nn.Sequential(
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2)
+    )
+    torch.jit.trace(net.eval(), torch.zeros(1, 3, 8, 8)).save(str(root / "model.pt"))
+    gpu_config = root / "torch.yaml"
+    gpu_config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": "model.pt", "device": "auto"},
+                "gpu_jobs": {"partition": "main", "gpu_model": "a100", "mem_mb": 3000},
+            }
+        )
+    )
+    patient, slide = cohort["good"][0]
+    target = f"gpu_results/{patient}/{slide}/qc.json"
+    run = snakemake(
+        root, target, "--configfile", str(cohort["configfile"]), str(gpu_config),
+        "--config", "outdir=gpu_results", "logdir=gpu_logs",
+        "--jobs", "2", "--slurm-init-seconds-before-status-checks", "2", "--verbose",
+        profile=SLURM_PROFILE,
+    )  # fmt: skip
+    assert run.returncode != 0
+    calls = sbatch_calls(run.stdout)
+    assert len(calls) == 3, run.stdout[-3000:]  # the first attempt and two retries
+    for attempt, call in enumerate(calls, 1):
+        assert "--gpus=a100:1" in call and " -p main " in call
+        assert f" --mem {3000 * attempt} " in call
+        # The GPU job holds level selection and inference only, not heatmap or qc.
+        assert "'infer:patient=" in call and "'select_level:patient=" in call
+        assert "'heatmap:" not in call and "'qc:" not in call
+    # Refused at submission (this cluster has no GPUs): SLURM never queued it.
+    assert "submitted with SLURM jobid" not in run.stdout
+    assert not (root / "gpu_results" / patient / slide / "windows.csv").exists()
