@@ -3,8 +3,9 @@
 Kept apart from the per-slide modules because it only renders: every slide of the sample
 sheet gets one line, its QC numbers from a finished ``qc.json`` and its status (failed stage,
 error, log) from :mod:`wsiproc.cohort`, which decides what happened to it. Unlike ``qc.html``,
-the page links each slide's ``thumbnail.png`` instead of embedding it: embedded, 10,000 slides
-made a page of 100-200 MB; linked and lazily loaded, the page stays a few MB and opens fast.
+the page links each slide's ``thumbnail.png`` instead of embedding it: embedded at 160 px, a
+demo slide's took about 30 kB, some 300 MB at 10,000 slides; linked and lazily loaded, 10,000
+slides make a page of about 6 MB.
 """
 
 from __future__ import annotations
