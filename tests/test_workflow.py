@@ -356,11 +356,17 @@ def test_demo_qc_pages_embed_png_images(demo: dict) -> None:
 
 
 @pytest.mark.slow
-def test_demo_report_html_embeds_png_images(demo: dict) -> None:
-    page = (demo["outdir"] / "report.html").read_text()
-    for _, slide in demo["slides"]:
-        assert slide in page
-    assert PNG_DATA_URI in page
+def test_demo_report_html_links_each_slides_thumbnail(demo: dict) -> None:
+    report = demo["outdir"] / "report.html"
+    page = report.read_text()
+    assert PNG_DATA_URI not in page  # linked, not embedded (issue 9)
+    # The statuses the report was written with (the report rule does not wait for heatmaps).
+    statuses = {slide: row["status"] for slide, row in summary_table(demo["outdir"]).items()}
+    for patient, slide in demo["slides"]:
+        assert f">{slide}</td>" in page
+        if statuses[slide] in ("ok", "flagged"):
+            assert f'src="{patient}/{slide}/thumbnail.png"' in page
+            assert (report.parent / patient / slide / "thumbnail.png").is_file()
 
 
 @pytest.mark.slow
@@ -452,6 +458,27 @@ def test_edited_sheet_reruns_only_the_report(demo: dict) -> None:
         sheet.write_text(before)
         os.utime(sheet, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert sorted(jobs) == [("all", ""), ("report", "")]
+
+
+@pytest.mark.slow
+def test_slide_added_to_one_patient_reruns_only_that_patients_csv(demo: dict) -> None:
+    """patient_csv reads the sheet as a param, not an input (issue 9): a new slide of one
+    patient reruns that patient's CSV and no other."""
+    sheet = Path(demo["config"]["samples"])
+    before, stat = sheet.read_text(), sheet.stat()
+    header, first = (line.split("\t") for line in before.splitlines()[:2])
+    added = dict(zip(header, first, strict=True)) | {"slide": "ADDED"}
+    patient = added["patient"]
+    assert set(demo["sheet"]["patient"]) - {patient}, "the demo needs a second patient"
+    try:
+        sheet.write_text(before + "\t".join(added[k] for k in header) + "\n")
+        jobs = dry_run(demo["workdir"], demo["configfile"])
+    finally:
+        sheet.write_text(before)
+        os.utime(sheet, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    expected = {(rule, "ADDED") for rule in PER_SLIDE_RULES}
+    expected |= {("patient_csv", patient), ("report", ""), ("all", "")}
+    assert sorted(jobs) == sorted(expected)
 
 
 def summary_table(outdir: Path) -> dict[str, dict[str, str]]:

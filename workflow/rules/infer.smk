@@ -61,6 +61,9 @@ rule infer:
         """
 
 
+# The patient's slides come from the sheet, not one argument each (a command line holds at most
+# 128 KiB). The windows.csv inputs set the DAG and rerun it when the patient gains a slide; the
+# sheet is a param, not an input, so a slide added to another patient reruns only that one.
 rule patient_csv:
     input:
         csv=get_patient_windows,
@@ -77,11 +80,15 @@ rule patient_csv:
         mem_mb=2000,
         runtime=10,
     params:
+        sheet=get_sheet,
+        results=get_outdir,
         version=WSIPROC_VERSION,
     shell:
         r"""
         wsiproc patient_csv \
+            --sheet {params.sheet:q} \
+            --results {params.results:q} \
+            --patient {wildcards.patient:q} \
             --out {output.csv:q} \
-            {input.csv:q} \
             >{log:q} 2>&1
         """

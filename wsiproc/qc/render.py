@@ -106,11 +106,11 @@ _META_ROWS = (
 )  # fmt: skip
 
 
-def html_page(title: str, body: str) -> str:
-    """A complete self-contained HTML page."""
+def html_page(title: str, body: str, *, head: str = "") -> str:
+    """A complete HTML page with the QC style; ``head`` is extra markup for its ``<head>``."""
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n{head}</head>\n<body>\n"
         f"{body}\n</body>\n</html>\n"
     )
 
