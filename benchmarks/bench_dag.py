@@ -149,6 +149,7 @@ rule patient_csv:
 rule report:
     input:
         expand("results/{p}/{s}/qc.json", zip, p=P, s=S),
+        expand("results/{p}/{s}/heatmap_rgb.tif", zip, p=P, s=S),
         config["samples"],
     output:
         "results/report.html",

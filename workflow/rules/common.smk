@@ -279,6 +279,16 @@ def get_all_qc(wildcards):
     )
 
 
+def get_all_heatmaps(wildcards):
+    """heatmap_rgb.tif of every slide: the report counts a slide as done only with it."""
+    return expand(
+        rules.heatmap.output.rgb,
+        zip,
+        patient=list(samples["patient"]),
+        slide=list(samples["slide"]),
+    )
+
+
 def get_sheet(wildcards=None):
     """The sample sheet: an input of `report` (editing it reruns the report), and `--sheet`."""
     return SHEET

@@ -58,6 +58,7 @@ rule qc:
 rule report:
     input:
         qc=get_all_qc,
+        heatmaps=get_all_heatmaps,
         sheet=get_sheet,
     output:
         html=report(
