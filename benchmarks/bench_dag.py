@@ -291,7 +291,11 @@ def touched_plan(workdir: Path, snakefile: Path, sheet: Path) -> dict[str, objec
     args = ["-n", "-q", "rules", "--workflow-profile", "none", *real_config(sheet)]
     seconds, out = snakemake(workdir, snakefile, args)
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
-    return {"seconds": seconds, "jobs": {k: int(v) for k, v in counts.items()}}
+    jobs = {k: int(v) for k, v in counts.items()}
+    # That slide's four jobs, its patient's CSV, the report, the default rule: nothing else.
+    expected = dict.fromkeys(["select_level", "infer", "heatmap", "qc", "patient_csv"], 1)
+    expected |= {"report": 1, "all": 1, "total": 7}
+    return {"seconds": seconds, "jobs": jobs, "exactly_its_jobs": jobs == expected}
 
 
 def main() -> int:
@@ -329,7 +333,10 @@ def main() -> int:
         if not args.no_touched:
             touched = touched_plan(size_dir, real_snakefile, sheet)
             entry["touched_one_slide"] = touched
-            print(f"{n:>7} touched one slide: {touched['jobs']} in {touched['seconds']:.2f} s")
+            print(
+                f"{n:>7} touched one slide: {touched['jobs']} in {touched['seconds']:.2f} s, "
+                f"exactly its jobs: {touched['exactly_its_jobs']}"
+            )
         results["sizes"][str(n)] = entry
         if not args.workdir:
             shutil.rmtree(size_dir)
