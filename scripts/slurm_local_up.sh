@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# Idempotent single-node SLURM cluster on localhost (Debian 12, root, no systemd).
+# Developer utility (tests/test_slurm.py runs it): an idempotent single-node SLURM cluster on
+# localhost (Debian 12, root, no systemd), to test the workflow's SLURM profile for real.
 # Re-running is safe: installs only if missing, starts only daemons that are down.
+# It owns /etc/slurm/slurm.conf (the plugin's job steps only find the default path), so it
+# refuses to run where that file belongs to another cluster.
 set -euo pipefail
+if [ -s /etc/slurm/slurm.conf ] && ! grep -q '^ClusterName=local$' /etc/slurm/slurm.conf; then
+  echo "slurm-local: /etc/slurm/slurm.conf belongs to another cluster; not touching it" \
+       "(set WSIPROC_SKIP_SLURM=1 to skip tests/test_slurm.py here)" >&2
+  exit 1
+fi
 PART=${SLURM_LOCAL_PARTITION:-main}
 CTLD_PORT=${SLURM_LOCAL_CTLD_PORT:-6817}     # override only if the default ports are taken
 SLURMD_PORT=${SLURM_LOCAL_SLURMD_PORT:-6818}
