@@ -54,12 +54,19 @@ def run(
     )
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT as in a terminal's foreground job. A test run started in the
+    background by a non-interactive shell inherits SIGINT ignored, and so would wsiproc."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: object, sleep: float = 0.05) -> subprocess.Popen:
     """A slow ``python -m wsiproc ARGS`` in its own process group."""
     return subprocess.Popen(
         wsiproc_cmd(*args),
         env={**os.environ, "WSIPROC_TEST_SLEEP": str(sleep)},
         start_new_session=True,
+        preexec_fn=default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

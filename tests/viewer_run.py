@@ -138,6 +138,9 @@ class ViewerProcess:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # SIGINT as in a terminal, even when the tests run in a background job (which
+            # inherits SIGINT ignored): the Ctrl-C test sends it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout: list[str] = []
