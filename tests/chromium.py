@@ -189,3 +189,19 @@ class Chromium:
                 self.proc.wait()
         self._log.close()
         shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def browser_or_fail(width: int, height: int) -> Chromium:
+    """A headless chromium for browser tests: they fail without one (CI installs Debian's),
+    and skip only when WSIPROC_ALLOW_NO_BROWSER=1 says so."""
+    import pytest
+
+    executable = find_chromium()
+    if executable is None:
+        if os.environ.get(ALLOW_NO_BROWSER) == "1":
+            pytest.skip(f"no chromium on PATH and {ALLOW_NO_BROWSER}=1")
+        pytest.fail(
+            "chromium not found: install it (apt-get install chromium) or set "
+            f"{ALLOW_NO_BROWSER}=1 to skip the browser tests"
+        )
+    return Chromium(executable, width=width, height=height)

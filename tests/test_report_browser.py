@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chromium import ALLOW_NO_BROWSER, Chromium, find_chromium
+from chromium import Chromium, browser_or_fail
 from report_run import Records, write_records
 
 from wsiproc.cli import main
@@ -32,12 +31,7 @@ VISIBLE_SLIDES = (
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Chromium]:
     """One headless chromium for the module; fails (does not skip) without chromium."""
-    executable = find_chromium()
-    if executable is None:
-        if os.environ.get(ALLOW_NO_BROWSER) == "1":
-            pytest.skip(f"no chromium on PATH and {ALLOW_NO_BROWSER}=1")
-        pytest.fail(f"chromium not found: install it or set {ALLOW_NO_BROWSER}=1 to skip")
-    chrome = Chromium(executable, width=1400, height=900)
+    chrome = browser_or_fail(width=1400, height=900)
     yield chrome
     chrome.close()
 

@@ -10,7 +10,6 @@ to skip them on a machine without it.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from chromium import ALLOW_NO_BROWSER, Chromium, find_chromium
+from chromium import Chromium, browser_or_fail
 from viewer_run import GLASS_RGB, KNOWN_GRID, known_cell_rgb
 
 WIDTH, HEIGHT = 1200, 800
@@ -36,15 +35,7 @@ the slide file and of the tile); window colours come from PNG tiles and must mat
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Chromium]:
     """One headless chromium for the module; fails (does not skip) without chromium."""
-    executable = find_chromium()
-    if executable is None:
-        if os.environ.get(ALLOW_NO_BROWSER) == "1":
-            pytest.skip(f"no chromium on PATH and {ALLOW_NO_BROWSER}=1")
-        pytest.fail(
-            "chromium not found: install it (apt-get install chromium) or set "
-            f"{ALLOW_NO_BROWSER}=1 to skip the browser tests"
-        )
-    chrome = Chromium(executable, width=WIDTH, height=HEIGHT)
+    chrome = browser_or_fail(width=WIDTH, height=HEIGHT)
     yield chrome
     chrome.close()
 
