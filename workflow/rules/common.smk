@@ -1,6 +1,6 @@
 # The workflow's only Python. In this order, once each: validate the config, read and
-# validate the sample sheet, derive wildcard constraints, then define the get_* helpers and
-# the end-of-run summary. Rules never import wsiproc; they call its CLI, one stage per rule
+# validate the sample sheet, build the per-slide lookups and wildcard constraints, define the
+# get_* helpers, the resources and cluster groups, and the end-of-run summary. Rules never import wsiproc; they call its CLI, one stage per rule
 # (the config check of a model's resolution borrows wsiproc's own function, not a copy).
 import atexit
 import importlib.metadata
