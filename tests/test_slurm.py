@@ -1,7 +1,12 @@
 """The SLURM profile on a real SLURM: a one-node cluster on this machine (Debian slurm-wlm and
-munge, started by scripts/slurm_local_up.sh), the demo cohort plus one broken slide submitted
-through `--workflow-profile slurm`, and a TorchScript-model config whose GPU request is read
-from the sbatch calls the plugin logs.
+munge, started by scripts/slurm_local_up.sh in a private directory with its own slurm.conf,
+ports, state and munged), the demo cohort plus one broken slide submitted through
+`--workflow-profile slurm`, and a TorchScript-model config whose GPU request is read from the
+sbatch calls the plugin logs.
+
+The module runs as on a lab server of another cluster: /etc/slurm/slurm.conf holds a foreign
+config (the machine's own, or, where the machine has no SLURM of its own, one written for the
+module and removed after), which the test cluster must neither read nor change.
 
 Starting SLURM needs root (CI runs as root). A cluster that cannot start fails the tests
 with the script's reason; they are skipped only when WSIPROC_SKIP_SLURM=1 is set by hand.
@@ -17,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -67,23 +73,84 @@ def snakemake(workdir: Path, *args: str, profile: Path | str = "none", timeout: 
     return run_killable(cmd, workdir, timeout)
 
 
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
+CLUSTER = "wsiproctest"  # scripts/slurm_local_up.sh's ClusterName
+# Another cluster's config: a controller on a documentation-only address (RFC 5737), so a
+# client that read it could never reach anything and would fail loudly.
+FOREIGN_CONF = """# Written by tests/test_slurm.py for one module run: another cluster's config.
+ClusterName=foreign
+SlurmctldHost=foreign-ctld(192.0.2.1)
+SlurmctldPort=6817
+AuthType=auth/munge
+NodeName=foreign-node NodeAddr=192.0.2.2 CPUs=1
+PartitionName=other Nodes=foreign-node Default=YES State=UP
+"""
+
+
+def system_slurm_daemons() -> list[str]:
+    """The SLURM daemons running on this machine (before the test cluster starts: the
+    system's own)."""
+    names = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            name = comm.read_text().strip()
+        except OSError:  # the process ended meanwhile
+            continue
+        if name in ("slurmctld", "slurmd", "slurmdbd"):
+            names.append(f"{name} (pid {comm.parent.name})")
+    return names
+
+
 @pytest.fixture(scope="module")
-def slurm() -> None:
-    """A running one-node SLURM (installed and started if needed), cleaned up after."""
+def foreign_conf() -> bytes | None:
+    """/etc/slurm/slurm.conf as another cluster's: the machine's own file if it has one; else,
+    where no SLURM of the machine's runs, FOREIGN_CONF written there and removed after. None
+    where a system SLURM runs without that file (configless): nothing is written then."""
     if os.environ.get("WSIPROC_SKIP_SLURM") == "1":
         pytest.skip("WSIPROC_SKIP_SLURM=1")
-    up = run_killable(["bash", str(REPO / "scripts" / "slurm_local_up.sh")], REPO, 300)
-    if up.returncode != 0:
-        pytest.fail(f"SLURM did not start (scripts/slurm_local_up.sh):\n{up.stdout[-3000:]}")
-    if shutil.which("sbatch") is None:
-        pytest.fail("SLURM started but sbatch is not on PATH")
+    if SYSTEM_CONF.exists():
+        yield SYSTEM_CONF.read_bytes()
+        return
+    if system_slurm_daemons():
+        yield None
+        return
+    made_dir = not SYSTEM_CONF.parent.exists()
+    SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
+    SYSTEM_CONF.write_text(FOREIGN_CONF)
     try:
-        import snakemake_executor_plugin_slurm  # noqa: F401
-    except ImportError:
-        pytest.fail("snakemake-executor-plugin-slurm is not installed (pip install -e .[test])")
-    yield
-    subprocess.run(["scancel", "--user", str(os.getuid())], capture_output=True, timeout=30)
-    subprocess.run(["bash", str(REPO / "scripts" / "slurm_local_down.sh")], timeout=60)
+        yield FOREIGN_CONF.encode()
+    finally:
+        if SYSTEM_CONF.read_text() == FOREIGN_CONF:
+            SYSTEM_CONF.unlink()
+            if made_dir:
+                SYSTEM_CONF.parent.rmdir()
+
+
+@pytest.fixture(scope="module")
+def slurm(foreign_conf: bytes | None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A running one-node SLURM in a private directory (installed and started if needed), its
+    client environment (SLURM_CONF, the srun wrapper on PATH) set for the module; stopped
+    after. Yields the directory."""
+    cluster_dir = tmp_path_factory.mktemp("slurm-cluster")
+    up_script = REPO / "scripts" / "slurm_local_up.sh"
+    try:
+        up = run_killable(["bash", str(up_script), str(cluster_dir)], REPO, 300)
+        if up.returncode != 0:
+            pytest.fail(f"SLURM did not start (scripts/slurm_local_up.sh):\n{up.stdout[-3000:]}")
+        try:
+            import snakemake_executor_plugin_slurm  # noqa: F401
+        except ImportError:
+            pytest.fail("snakemake-executor-plugin-slurm is not installed (pip install -e .[test])")
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("SLURM_CONF", str(cluster_dir / "slurm.conf"))
+            env.setenv("PATH", f"{cluster_dir / 'bin'}{os.pathsep}{os.environ['PATH']}")
+            if shutil.which("sbatch") is None:
+                pytest.fail("SLURM started but sbatch is not on PATH")
+            yield cluster_dir
+            subprocess.run(["scancel", "--user", str(os.getuid())], capture_output=True, timeout=30)
+    finally:
+        down = REPO / "scripts" / "slurm_local_down.sh"
+        subprocess.run(["bash", str(down), str(cluster_dir)], timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +175,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm: None, cohort: dict) -> dict[str, object]:
+def slurm_run(slurm: Path, cohort: dict) -> dict[str, object]:
     """The cohort through the SLURM profile and, for comparison, on this machine alone."""
     root, configfile = cohort["root"], str(cohort["configfile"])
     local = snakemake(
@@ -136,6 +203,17 @@ def job_state(job_id: str) -> str:
     )
     match = re.search(r"JobState=(\w+)", shown.stdout)
     return match.group(1) if match else f"unknown ({shown.stderr.strip()})"
+
+
+def wait_for_job(job_id: str, timeout_s: float) -> str:
+    """SLURM's state of a job once it has ended, polled every 0.3 s (``sbatch --wait`` polls at
+    growing intervals: the test took 44 s with it, 12 s with this)."""
+    deadline = time.monotonic() + timeout_s
+    while (state := job_state(job_id)) in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+        if time.monotonic() > deadline:
+            pytest.fail(f"job {job_id} still {state} after {timeout_s} s")
+        time.sleep(0.3)
+    return state
 
 
 def test_each_slide_is_one_slurm_job_that_completes(slurm_run: dict) -> None:
@@ -198,7 +276,7 @@ def test_broken_slide_fails_alone_on_the_cluster(slurm_run: dict) -> None:
     assert "broken.svs" in row["error"]
 
 
-def test_torch_model_infer_asks_for_a_gpu(slurm: None, cohort: dict) -> None:
+def test_torch_model_infer_asks_for_a_gpu(slurm: Path, cohort: dict) -> None:
     """On this GPU-less cluster sbatch refuses the request, so nothing runs: what is checked
     is the request itself, its partition and GPU model, and memory scaled per attempt."""
     torch = pytest.importorskip("torch")
@@ -236,3 +314,45 @@ def test_torch_model_infer_asks_for_a_gpu(slurm: None, cohort: dict) -> None:
     # Refused at submission (this cluster has no GPUs): SLURM never queued it.
     assert "submitted with SLURM jobid" not in run.stdout
     assert not (root / "gpu_results" / patient / slide / "windows.csv").exists()
+
+
+def test_private_cluster_beside_another_clusters_system_config(
+    slurm: Path, foreign_conf: bytes | None, tmp_path: Path
+) -> None:
+    """The test cluster runs from its directory alone: the system's slurm.conf (another
+    cluster's) is unchanged, and a job step started with every SLURM_* variable removed but the
+    job id (as the slurm-jobstep plugin starts its srun) still reaches the test cluster."""
+    if foreign_conf is None:
+        pytest.skip("a system SLURM runs without /etc/slurm/slurm.conf; none is written beside it")
+    assert SYSTEM_CONF.read_bytes() == foreign_conf
+    assert not re.search(rf"^\s*ClusterName\s*=\s*{CLUSTER}\s*$", foreign_conf.decode(), re.M)
+    shown = subprocess.run(
+        ["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    config = dict(re.findall(r"^(\w+)\s+= (.*)$", shown, re.M))
+    assert config["ClusterName"] == CLUSTER and config["SLURM_CONF"] == str(slurm / "slurm.conf")
+    for key in ("StateSaveLocation", "SlurmdSpoolDir", "SlurmctldPidFile", "SlurmdPidFile"):
+        assert config[key].startswith(str(slurm)), (key, config[key])
+    assert config["AuthInfo"] == f"socket={slurm / 'munge' / 'munge.socket'}"
+    # The step as the plugin starts it: no SLURM_* variable but the job id. Through bin/srun
+    # (first on PATH) it reaches this cluster. Where the config is the unreachable one this
+    # module wrote, the real srun reads it and fails: that config is really in the way. (A
+    # real system cluster is never sent a request.)
+    steps = [("srun", True)]
+    if foreign_conf == FOREIGN_CONF.encode():
+        real_srun = shutil.which("srun", path=os.environ["PATH"].split(os.pathsep, 1)[1])
+        assert real_srun and not real_srun.startswith(str(slurm))
+        steps.append((real_srun, False))
+    for srun, expect_ok in steps:
+        out = tmp_path / f"step_{expect_ok}.out"
+        step = f"env -i PATH=$PATH HOME=$HOME SLURM_JOB_ID=$SLURM_JOB_ID {srun} -n1"
+        step += " printenv SLURM_JOB_ID SLURM_STEP_ID"
+        job_id = subprocess.run(
+            ["sbatch", "--parsable", "-t", "1", "-o", str(out), "--wrap", step],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.strip()  # fmt: skip
+        state = wait_for_job(job_id, timeout_s=120)
+        log = out.read_text() if out.exists() else ""
+        assert (state == "COMPLETED") == expect_ok, f"{srun}: {state}: {log}"
+        if expect_ok:
+            assert log.split() == [job_id, "0"]  # the job's first step
