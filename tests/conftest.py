@@ -1,5 +1,4 @@
-"""Session-wide test slides, generated once by :mod:`wsiproc.synth_files`,
-:mod:`wsiproc.synth_formats`, :mod:`wsiproc.synth_dicom` (no binaries committed).
+"""Session-wide test slides, generated once by :mod:`wsiproc.synth` (no binaries committed).
 
 Good slides come in the formats libvips reads (pyvips generic TIFF, Aperio SVS written by
 tifffile) at odd sizes, and in those only OpenSlide reads (JPEG 2000 SVS, Philips TIFF,
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsiproc import synth, synth_dicom, synth_files, synth_formats
+from wsiproc import synth
 
 #: Level-0 pixel sizes (µm/px) and objective powers of the slide fixtures.
 TIFF_MPP = 0.5
@@ -59,7 +58,7 @@ def tiff_image() -> np.ndarray:
 @pytest.fixture(scope="session")
 def tiff_slide(slide_dir: Path, tiff_image: np.ndarray) -> Path:
     """pyvips pyramidal JPEG TIFF (generic-tiff), 1531×1107, 0.5 mpp in resolution tags."""
-    return synth_files.write_pyramidal_tiff(slide_dir / "generic.tif", tiff_image, mpp=TIFF_MPP)
+    return synth.write_pyramidal_tiff(slide_dir / "generic.tif", tiff_image, mpp=TIFF_MPP)
 
 
 @pytest.fixture(scope="session")
@@ -71,13 +70,13 @@ def svs_image_40x() -> np.ndarray:
 @pytest.fixture(scope="session")
 def svs_image_20x(svs_image_40x: np.ndarray) -> np.ndarray:
     """Level-0 pixels of :func:`svs_slide_20x`: the 40x image box-filtered by 2, 2011×1503."""
-    return synth_files.downsample(svs_image_40x, 2)
+    return synth.downsample(svs_image_40x, 2)
 
 
 @pytest.fixture(scope="session")
 def svs_slide_20x(slide_dir: Path, svs_image_20x: np.ndarray) -> Path:
     """Aperio SVS, 2011×1503, AppMag 20, MPP 0.5; levels downsampled by 4 and 16."""
-    return synth_files.write_svs(
+    return synth.write_svs(
         slide_dir / "aperio_20x.svs", svs_image_20x, mpp=SVS_20X_MPP, magnification=20
     )
 
@@ -88,7 +87,7 @@ def svs_slide_40x(slide_dir: Path, svs_image_40x: np.ndarray) -> Path:
 
     4022×3006, AppMag 40, MPP 0.25; levels downsampled by 4 and 16.
     """
-    return synth_files.write_svs(
+    return synth.write_svs(
         slide_dir / "aperio_40x.svs", svs_image_40x, mpp=SVS_40X_MPP, magnification=40
     )
 
@@ -102,7 +101,7 @@ def nompp_image() -> np.ndarray:
 @pytest.fixture(scope="session")
 def nompp_slide(slide_dir: Path, nompp_image: np.ndarray) -> Path:
     """Tiled JPEG pyramid (generic-tiff) without resolution tags: OpenSlide reports no mpp."""
-    return synth_files.write_plain_tiff_no_metadata(slide_dir / "nompp.tif", nompp_image)
+    return synth.write_plain_tiff_no_metadata(slide_dir / "nompp.tif", nompp_image)
 
 
 @pytest.fixture(scope="session")
@@ -111,10 +110,10 @@ def corrupt_slide(slide_dir: Path) -> tuple[Path, tuple[int, int, int, int]]:
 
     The slide opens; reading any region that touches the box fails in OpenSlide and pyvips.
     """
-    path = synth_files.write_pyramidal_tiff(
+    path = synth.write_pyramidal_tiff(
         slide_dir / "corrupt.tif", synth.tissue_image(2048, 2048, seed=14), mpp=TIFF_MPP
     )
-    return path, synth_files.corrupt_tile(path)
+    return path, synth.corrupt_tile(path)
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +127,7 @@ def zero_byte_slide(slide_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def truncated_slide(slide_dir: Path, tiff_image: np.ndarray) -> Path:
     """A pyvips pyramidal TIFF cut to half its bytes: neither OpenSlide nor pyvips opens it."""
-    path = synth_files.write_pyramidal_tiff(slide_dir / "truncated.tif", tiff_image, mpp=TIFF_MPP)
+    path = synth.write_pyramidal_tiff(slide_dir / "truncated.tif", tiff_image, mpp=TIFF_MPP)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
@@ -151,7 +150,7 @@ def vendor_image() -> np.ndarray:
 @pytest.fixture(scope="session")
 def jp2k_svs(slide_dir: Path, vendor_image: np.ndarray) -> Path:
     """Aperio SVS with JPEG 2000 tiles (compression 33005), 20x, 0.5 mpp: OpenSlide only."""
-    return synth_files.write_svs(
+    return synth.write_svs(
         slide_dir / "aperio_jp2k.svs", vendor_image, mpp=0.5, magnification=20, compression="jp2k"
     )
 
@@ -159,16 +158,16 @@ def jp2k_svs(slide_dir: Path, vendor_image: np.ndarray) -> Path:
 @pytest.fixture(scope="session")
 def philips_tiff(slide_dir: Path, vendor_image: np.ndarray) -> Path:
     """Philips TIFF, 40x, 0.25 mpp, levels halving."""
-    return synth_formats.write_philips_tiff(
-        slide_dir / "philips.tiff", vendor_image, mpp=0.25, magnification=40
+    return synth.write_philips_tiff(
+        slide_dir / "philips.tiff", vendor_image, synth.Scan(mpp=0.25, magnification=40)
     )
 
 
 @pytest.fixture(scope="session")
 def ventana_bif(slide_dir: Path, vendor_image: np.ndarray) -> Path:
     """Ventana BIF, 40x, 0.25 mpp; level 0 padded with white to 1280×1024 (whole tiles)."""
-    return synth_formats.write_ventana_bif(
-        slide_dir / "ventana.bif", vendor_image, mpp=0.25, magnification=40
+    return synth.write_ventana_bif(
+        slide_dir / "ventana.bif", vendor_image, synth.Scan(mpp=0.25, magnification=40)
     )
 
 
@@ -176,11 +175,10 @@ def ventana_bif(slide_dir: Path, vendor_image: np.ndarray) -> Path:
 def leica_scn(slide_dir: Path, vendor_image: np.ndarray) -> Path:
     """Leica SCN, 20x, 0.5 mpp: the image at ``LEICA_OFFSET`` on a ``LEICA_CANVAS`` canvas,
     so OpenSlide reports bounds (345, 278, 1109, 777) and transparency around them."""
-    return synth_formats.write_leica_scn(
+    return synth.write_leica_scn(
         slide_dir / "leica.scn",
         vendor_image,
-        mpp=0.5,
-        magnification=20,
+        synth.Scan(mpp=0.5, magnification=20),
         canvas=LEICA_CANVAS,
         offset=LEICA_OFFSET,
     )
@@ -190,7 +188,7 @@ def leica_scn(slide_dir: Path, vendor_image: np.ndarray) -> Path:
 def dicom_wsi(tmp_path_factory: pytest.TempPathFactory, vendor_image: np.ndarray) -> Path:
     """DICOM WSI series (one file per level, own directory), 40x, 0.25 mpp; its level-0 file."""
     directory = tmp_path_factory.mktemp("dicom")
-    return synth_dicom.write_dicom_wsi(directory, vendor_image, mpp=0.25, magnification=40)
+    return synth.write_dicom_wsi(directory, vendor_image, synth.Scan(mpp=0.25, magnification=40))
 
 
 # --- the viewer (issue 10) -------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wsiproc import synth, synth_files
+from wsiproc import synth
 from wsiproc.stream.checkpoint import INDEX_FILE
 from wsiproc.stream.engine import partial_dir
 
@@ -65,7 +65,7 @@ def test_full_disk_fails_with_one_line_naming_the_file_and_resumes_once_space_is
     tiny_disk, tmp_path
 ):
     image = synth.tissue_image(960, 960, seed=3)
-    slide = synth_files.write_pyramidal_tiff(tmp_path / "s.tif", image, mpp=0.5)
+    slide = synth.write_pyramidal_tiff(tmp_path / "s.tif", image, mpp=0.5)
     out = tiny_disk / "windows.csv"
     failed = _infer(slide, out)
     assert failed.returncode == 1

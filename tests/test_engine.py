@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 import wsiproc.cli
-from wsiproc import synth, synth_files
+from wsiproc import synth
 from wsiproc.cli import main
 from wsiproc.grid import Grid, plan_chunks
 from wsiproc.stream.checkpoint import INDEX_FILE, Checkpoint
@@ -62,7 +62,7 @@ def make_slide(tmp_path_factory):
         if key not in cache:
             image = synth.tissue_image(width, height, seed=width * 7 + height, tissue=tissue)
             name = f"{'tissue' if tissue else 'glass'}_{width}x{height}.tif"
-            cache[key] = synth_files.write_pyramidal_tiff(directory / name, image, mpp=0.5)
+            cache[key] = synth.write_pyramidal_tiff(directory / name, image, mpp=0.5)
         return cache[key]
 
     return make

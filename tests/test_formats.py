@@ -2,7 +2,8 @@
 info → level → infer → heatmap with ``builtin:mean-rgb`` against an independent OpenSlide read.
 
 Issue 8, items 1 and 2. The formats only OpenSlide reads (JPEG 2000 SVS, Philips TIFF, Ventana
-BIF, Leica SCN, DICOM WSI) are written by :mod:`wsiproc.synth_formats` and ``write_svs``.
+BIF, Leica SCN, DICOM WSI) are written by :mod:`wsiproc.synth.vendors`, :mod:`wsiproc.synth.dicom`
+and ``write_svs``.
 """
 
 from __future__ import annotations

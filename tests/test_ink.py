@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsiproc import synth, synth_files
+from wsiproc import synth
 from wsiproc.maskfile import read_mask
 
 WIDTH, HEIGHT, KERNEL = 3000, 2000, 100
@@ -39,7 +39,7 @@ def test_ink_windows_are_skipped_and_clean_tissue_kept(tmp_path: Path, color: st
         WIDTH, HEIGHT, seed=21, pen_mark=True, pen_color=color
     )
     assert truth_ink[truth_tissue].any() and truth_ink[~truth_tissue].any()  # over both
-    slide = synth_files.write_pyramidal_tiff(tmp_path / f"{color}.tif", rgb, mpp=0.5)
+    slide = synth.write_pyramidal_tiff(tmp_path / f"{color}.tif", rgb, mpp=0.5)
     level_args = ("--level", "0", "--thumbnail", tmp_path / "t.png", "--mask", tmp_path / "m.png")
     assert wsiproc("level", slide, "--out", tmp_path / "level.json", *level_args).returncode == 0
     out = tmp_path / "windows.csv"
@@ -71,7 +71,7 @@ def test_clean_slide_has_no_ink(tmp_path: Path) -> None:
         rgb, truth_tissue, _ = synth.render_slide(
             WIDTH, HEIGHT, seed=seed, nucleus_radius_px=radius
         )
-        slide = synth_files.write_pyramidal_tiff(tmp_path / f"clean{seed}.tif", rgb, mpp=0.5)
+        slide = synth.write_pyramidal_tiff(tmp_path / f"clean{seed}.tif", rgb, mpp=0.5)
         args = ("--level", "0", "--mask", tmp_path / "m.png")
         assert wsiproc("level", slide, "--out", tmp_path / "level.json", *args).returncode == 0
         tissue_px, ink_px = read_mask(tmp_path / "m.png")

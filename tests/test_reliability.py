@@ -23,7 +23,7 @@ import openslide
 import psutil
 import pytest
 
-from wsiproc import synth, synth_files
+from wsiproc import synth
 from wsiproc.stream.checkpoint import INDEX_FILE
 from wsiproc.stream.engine import partial_dir
 from wsiproc.stream.lock import lock_path
@@ -401,13 +401,13 @@ def test_fail_is_the_default_and_names_file_cause_and_region(corrupt_slide, tmp_
 
 
 def test_corrupt_thumbnail_level_is_one_line_without_internal_values(tmp_path):
-    path = synth_files.write_pyramidal_tiff(
+    path = synth.write_pyramidal_tiff(
         tmp_path / "thumb_corrupt.tif", synth.tissue_image(2048, 2048, seed=5), mpp=0.5
     )
     with openslide.OpenSlide(path) as osr:
         levels = osr.level_count
     for level in range(levels):  # whichever level the thumbnail is made from
-        synth_files.corrupt_tile(path, level=level, tile_index=0)
+        synth.corrupt_tile(path, level=level, tile_index=0)
     proc = run("level", path, "--out", tmp_path / "level.json", "--level", "0",
                "--thumbnail", tmp_path / "t.png", "--mask", tmp_path / "m.png")  # fmt: skip
     assert proc.returncode == 1
@@ -445,7 +445,7 @@ def test_zero_windows_is_a_result_every_later_stage_handles(tmp_path, size, tiss
     """A slide smaller than one window, and a glass slide: header-only CSV, TIFFs that open,
     QC flagged ``no_windows``."""
     width, height = size
-    slide = synth_files.write_pyramidal_tiff(
+    slide = synth.write_pyramidal_tiff(
         tmp_path / "small.tif", synth.tissue_image(width, height, seed=3, tissue=tissue), mpp=0.5
     )
     d = tmp_path / "out"

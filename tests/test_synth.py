@@ -1,4 +1,5 @@
-"""Tests of wsiproc.synth and synth_files: each slide is what OpenSlide and pyvips say it is."""
+"""Tests of wsiproc.synth's painting and TIFF writers: each slide is what OpenSlide and pyvips
+say it is."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pyvips
 import yaml
 from PIL import Image
 
-from wsiproc import synth, synth_files
+from wsiproc import synth
 from wsiproc.cli import demo as demo_cli
 
 #: Mean absolute difference (grey levels) allowed between source pixels and a JPEG read-back.
@@ -117,9 +118,7 @@ def test_pyvips_reads_tiff_resolution_as_pixels_per_mm(tiff_slide: Path) -> None
 
 def test_tiff_without_mpp_gets_pyvips_default_of_1000_um(tmp_path: Path) -> None:
     """pyvips always writes a resolution (25.4 px/inch), which OpenSlide turns into 1000 mpp."""
-    path = synth_files.write_pyramidal_tiff(
-        tmp_path / "a.tif", synth.tissue_image(300, 200, seed=0)
-    )
+    path = synth.write_pyramidal_tiff(tmp_path / "a.tif", synth.tissue_image(300, 200, seed=0))
     with openslide.OpenSlide(path) as slide:
         assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(1000.0)
 
@@ -161,14 +160,14 @@ def test_svs_levels_match_source(request: pytest.FixtureRequest, magnification: 
     path = request.getfixturevalue(f"svs_slide_{magnification}")
     source = request.getfixturevalue(f"svs_image_{magnification}")
     assert mean_abs_diff(read_level(path, 0), source) < JPEG_TOLERANCE
-    assert mean_abs_diff(read_level(path, 1), synth_files.downsample(source, 4)) < JPEG_TOLERANCE
-    level2 = synth_files.downsample(synth_files.downsample(source, 4), 4)
+    assert mean_abs_diff(read_level(path, 1), synth.downsample(source, 4)) < JPEG_TOLERANCE
+    level2 = synth.downsample(synth.downsample(source, 4), 4)
     assert mean_abs_diff(read_level(path, 2), level2) < JPEG_TOLERANCE
 
 
 def test_svs_20x_and_40x_show_the_same_tissue(svs_slide_20x: Path, svs_slide_40x: Path) -> None:
     low = read_level(svs_slide_20x, 0)
-    high = synth_files.downsample(read_level(svs_slide_40x, 0), 2)
+    high = synth.downsample(read_level(svs_slide_40x, 0), 2)
     assert high.shape == low.shape
     assert mean_abs_diff(high, low) < JPEG_TOLERANCE
 
@@ -189,9 +188,9 @@ def test_writers_are_byte_identical_on_rerun(tmp_path: Path) -> None:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
     for name in ("a", "b"):
-        synth_files.write_svs(tmp_path / f"{name}.svs", image, mpp=0.5, magnification=20)
-        synth_files.write_pyramidal_tiff(tmp_path / f"{name}.tif", image, mpp=0.5)
-        synth_files.write_plain_tiff_no_metadata(tmp_path / f"{name}_plain.tif", image)
+        synth.write_svs(tmp_path / f"{name}.svs", image, mpp=0.5, magnification=20)
+        synth.write_pyramidal_tiff(tmp_path / f"{name}.tif", image, mpp=0.5)
+        synth.write_plain_tiff_no_metadata(tmp_path / f"{name}_plain.tif", image)
     assert digest(tmp_path / "a.svs") == digest(tmp_path / "b.svs")
     assert digest(tmp_path / "a.tif") == digest(tmp_path / "b.tif")
     assert digest(tmp_path / "a_plain.tif") == digest(tmp_path / "b_plain.tif")
@@ -248,10 +247,10 @@ def test_corrupt_tile_fails_pyvips_read_at_any_fail_on(
 
 
 def test_corrupt_tile_on_svs_returns_level0_box_of_higher_level(tmp_path: Path) -> None:
-    path = synth_files.write_svs(
+    path = synth.write_svs(
         tmp_path / "c.svs", synth.tissue_image(2048, 2048, seed=1), mpp=0.5, magnification=20
     )
-    assert synth_files.corrupt_tile(path, level=1, tile_index=0) == (0, 0, 1024, 1024)
+    assert synth.corrupt_tile(path, level=1, tile_index=0) == (0, 0, 1024, 1024)
     with openslide.OpenSlide(path) as slide:
         slide.read_region((0, 0), 0, (256, 256))
         with pytest.raises(openslide.OpenSlideError):

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from wsiproc import synth, synth_files
+from wsiproc import synth
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -507,10 +507,10 @@ def test_bad_slides_fail_alone_are_reported_and_rerun_once_fixed(
         shutil.copy2(source / path, slides / Path(path).name)
     # Level 0 at the demo's processing mpp (1.0): infer reads the zeroed level-0 tile, while
     # select_level's thumbnail comes from a coarser level and succeeds.
-    corrupt = synth_files.write_pyramidal_tiff(
+    corrupt = synth.write_pyramidal_tiff(
         slides / "corrupt.tif", synth.tissue_image(2048, 2048, seed=14), mpp=1.0
     )
-    synth_files.corrupt_tile(corrupt)
+    synth.corrupt_tile(corrupt)
     (slides / "empty.svs").write_bytes(b"")
     rows = ["patient\tslide\tpath\tmpp"]
     rows += [
@@ -595,7 +595,7 @@ def test_slide_smaller_than_one_window_is_flagged_with_every_output(
     kernel = demo["config"]["window"]["kernel_size"]
     mpp = demo["config"]["level"]["mpp"]
     side = kernel - 8  # processing pixels: at the processing mpp, smaller than one window
-    tiny = synth_files.write_pyramidal_tiff(
+    tiny = synth.write_pyramidal_tiff(
         tmp_path / "tiny.tif", synth.tissue_image(side, side, seed=2), mpp=mpp
     )
     (tmp_path / "samples.tsv").write_text(f"patient\tslide\tpath\tmpp\nPT\tPT_tiny\t{tiny}\t\n")

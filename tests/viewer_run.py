@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsiproc import synth, synth_files
+from wsiproc import synth
 from wsiproc.cli import main
 
 CELL_PX = 64
@@ -78,11 +78,11 @@ def build_run(root: Path) -> ViewerRun:
     """Write the slides, run every stage of every slide (failures included), then the report."""
     slides_dir, results, logs = root / "slides", root / "results", root / "logs"
     slides_dir.mkdir(parents=True)
-    known = synth_files.write_pyramidal_tiff(slides_dir / "known.tif", known_image(), mpp=MPP)
+    known = synth.write_pyramidal_tiff(slides_dir / "known.tif", known_image(), mpp=MPP)
     tissue = synth.tissue_image(1200, 900, seed=21)
-    second = synth_files.write_svs(slides_dir / "second.svs", tissue, mpp=MPP, magnification=20)
+    second = synth.write_svs(slides_dir / "second.svs", tissue, mpp=MPP, magnification=20)
     glass = np.full((512, 640, 3), GLASS_RGB, dtype=np.uint8)
-    blank = synth_files.write_pyramidal_tiff(slides_dir / "glass.tif", glass, mpp=MPP)
+    blank = synth.write_pyramidal_tiff(slides_dir / "glass.tif", glass, mpp=MPP)
     empty = slides_dir / "empty.svs"
     empty.write_bytes(b"")
     slides = {

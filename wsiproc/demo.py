@@ -1,7 +1,7 @@
 """The synthetic demo cohort that the README's ``wsiproc demo`` command writes for the workflow.
 
-Kept apart from :mod:`wsiproc.synth` and :mod:`wsiproc.synth_files`, which make any image and
-slide file: this module only chooses the cohort's slides and writes its sample sheet and config.
+Kept apart from :mod:`wsiproc.synth`, which makes any image and slide file: this module only
+chooses the cohort's slides and writes its sample sheet and config.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import yaml
 
 from .atomic import atomic_write, describe_os_error
 from .errors import OutputError
-from .synth import tissue_image
-from .synth_files import write_plain_tiff_no_metadata, write_pyramidal_tiff, write_svs
+from .synth import tissue_image, write_plain_tiff_no_metadata, write_pyramidal_tiff, write_svs
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
-"""Synthetic H&E-like slide images, for the demo and the test fixtures.
+"""Tissue painting: synthetic H&E-like slide pixels, for the demo and the test fixtures.
 
 Kept apart from the pipeline so that real runs never depend on it, and so that every test slide
-comes from one generator instead of committed binaries; :mod:`wsiproc.synth_files` writes them.
+comes from one generator instead of committed binaries; the format modules of
+:mod:`wsiproc.synth` write the pixels as slide files.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -131,7 +133,21 @@ def _pen_stroke(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return stroke
 
 
-def tissue_image(
+def tissue_image(width: int, height: int, **options: Any) -> np.ndarray:
+    """The RGB image of :func:`render_slide` (same arguments), without its ground truth.
+
+    Examples
+    --------
+    >>> image = tissue_image(300, 200, seed=0)
+    >>> image.shape, image.dtype.name
+    ((200, 300, 3), 'uint8')
+    >>> bool((tissue_image(300, 200, seed=0, tissue=False) > 225).all())
+    True
+    """
+    return render_slide(width, height, **options)[0]
+
+
+def render_slide(
     width: int,
     height: int,
     *,
@@ -140,8 +156,9 @@ def tissue_image(
     pen_mark: bool = False,
     nucleus_radius_px: float = 4.0,
     pen_color: str = "green",
-) -> np.ndarray:
-    """Render an H&E-like slide image: glass, pink tissue pieces, purple nuclei, optional pen.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render an H&E-like slide image (glass, pink tissue pieces, purple nuclei, optional pen)
+    with its ground truth.
 
     Colours are composed in optical density (Beer-Lambert) from the hematoxylin and eosin stain
     vectors, so stain-based models and colour QC see realistic values. Shapes are drawn on a
@@ -164,42 +181,10 @@ def tissue_image(
 
     Returns
     -------
-    numpy.ndarray
-        ``(height, width, 3)`` uint8 RGB image.
-
-    Examples
-    --------
-    >>> image = tissue_image(300, 200, seed=0)
-    >>> image.shape, image.dtype.name
-    ((200, 300, 3), 'uint8')
-    >>> bool((tissue_image(300, 200, seed=0, tissue=False) > 225).all())
-    True
-    """
-    return render_slide(
-        width,
-        height,
-        seed=seed,
-        tissue=tissue,
-        pen_mark=pen_mark,
-        nucleus_radius_px=nucleus_radius_px,
-        pen_color=pen_color,
-    )[0]
-
-
-def render_slide(
-    width: int,
-    height: int,
-    *,
-    seed: int,
-    tissue: bool = True,
-    pen_mark: bool = False,
-    nucleus_radius_px: float = 4.0,
-    pen_color: str = "green",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`tissue_image` with its ground truth: ``(rgb, tissue, ink)`` boolean masks.
-
-    ``tissue`` is where tissue was drawn (ink or not), ``ink`` where the marker stroke is:
-    what a tissue detector must find, and what it must leave out.
+    tuple of numpy.ndarray
+        ``(rgb, tissue, ink)``: the ``(height, width, 3)`` uint8 RGB image, and boolean masks of
+        where tissue was drawn (ink or not) and where the marker stroke is: what a tissue
+        detector must find, and what it must leave out.
     """
     if width < 1 or height < 1:
         message = f"image size must be positive, got {width}x{height}"

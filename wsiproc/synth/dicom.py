@@ -1,6 +1,6 @@
 """Writer of a DICOM WSI series (OpenSlide vendor ``dicom``) for any RGB array, with pydicom.
 
-Apart from :mod:`wsiproc.synth_formats` because it needs pydicom (a test dependency only) and
+Apart from :mod:`wsiproc.synth.vendors` because it needs pydicom (a test dependency only) and
 writes a directory of files rather than one TIFF.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .atomic import describe_os_error
-from .errors import OutputError
-from .synth_formats import TILE_PX, build_pyramid
+from ..atomic import describe_os_error
+from ..errors import OutputError
+from .pyramid import TILE_PX, Scan
 
 DICOM_WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 """VL Whole Slide Microscopy Image Storage: the only SOP class OpenSlide's DICOM driver opens."""
@@ -35,15 +35,7 @@ def _jpeg_frames(level: np.ndarray, quality: int) -> list[bytes]:
     return frames
 
 
-def write_dicom_wsi(
-    directory: str | os.PathLike[str],
-    image: np.ndarray,
-    *,
-    mpp: float,
-    magnification: float,
-    levels: int = 3,
-    quality: int = 90,
-) -> Path:
+def write_dicom_wsi(directory: str | os.PathLike[str], image: np.ndarray, scan: Scan) -> Path:
     """Write a DICOM WSI series, one file per level (``level0.dcm``, ...), into ``directory``.
 
     Each file is a VL Whole Slide Microscopy image (the SOP class OpenSlide's DICOM driver
@@ -52,8 +44,8 @@ def write_dicom_wsi(
     ``PixelSpacing`` (mm) and ``ObjectiveLensPower`` give ``openslide.mpp-x`` and the
     objective power. OpenSlide opens any one file and finds the others in its directory.
 
-    Parameters and errors as :func:`wsiproc.synth_formats.write_philips_tiff`; needs
-    ``pydicom`` (test extra).
+    Three levels unless ``scan`` says otherwise. Needs ``pydicom`` (a test extra); raises
+    :class:`~wsiproc.errors.OutputError` when a file cannot be written.
 
     Returns
     -------
@@ -67,8 +59,8 @@ def write_dicom_wsi(
     directory = Path(directory)
     series, study = generate_uid(), generate_uid()
     paths = []
-    for i, level in enumerate(build_pyramid(image, 2, levels)):
-        frames = _jpeg_frames(level, quality)
+    for i, level in enumerate(scan.pyramid(image, 2, 3)):
+        frames = _jpeg_frames(level, scan.quality)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = DICOM_WSI_SOP_CLASS
         meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -87,12 +79,12 @@ def write_dicom_wsi(
         ds.PlanarConfiguration = 0
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
         measures = Dataset()
-        measures.PixelSpacing = [mpp * 2**i / 1000] * 2
+        measures.PixelSpacing = [scan.mpp * 2**i / 1000] * 2
         shared = Dataset()
         shared.PixelMeasuresSequence = [measures]
         ds.SharedFunctionalGroupsSequence = [shared]
         optical = Dataset()
-        optical.OpticalPathIdentifier, optical.ObjectiveLensPower = "1", magnification
+        optical.OpticalPathIdentifier, optical.ObjectiveLensPower = "1", scan.magnification
         ds.OpticalPathSequence = [optical]
         ds.PixelData = encapsulate(frames)
         ds["PixelData"].VR = "OB"

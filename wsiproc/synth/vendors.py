@@ -1,6 +1,6 @@
-"""Writers of vendor TIFF formats only OpenSlide reads (Philips TIFF, Ventana BIF, Leica SCN
-with bounds): each lays out just the tags and XML its OpenSlide driver detects, for any RGB
-array. Apart from :mod:`wsiproc.synth_files`, whose layouts libvips reads too."""
+"""The vendor TIFF containers only OpenSlide reads (Philips TIFF, Ventana BIF, Leica SCN with
+bounds): each lays out just the tags and XML its OpenSlide driver detects, for any RGB array.
+Apart from :mod:`wsiproc.synth.tiff`, whose layouts libvips reads too."""
 
 from __future__ import annotations
 
@@ -9,48 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .synth_files import downsample, write_tiff_pages
+from .pyramid import TILE_PX, Page, Scan, downsample, tiled, write_tiff_pages
 
-TILE_PX = 256
 XMLPACKET_TAG = 700
 """TIFF tag of XMP packets, where Ventana keeps its XML."""
 
 LEICA_XMLNS = "http://www.leica-microsystems.com/scn/2010/10/01"
 
 
-def build_pyramid(image: np.ndarray, factor: int, levels: int) -> list[np.ndarray]:
-    """``image`` and up to ``levels - 1`` box-filtered reductions by ``factor`` each, stopping
-    before a level's shorter side would drop below 4 pixels.
-
-    Examples
-    --------
-    >>> [p.shape for p in build_pyramid(np.zeros((64, 40, 3), np.uint8), 2, 3)]
-    [(64, 40, 3), (32, 20, 3), (16, 10, 3)]
-    """
-    out = [image]
-    while len(out) < levels and min(out[-1].shape[:2]) >= factor * 4:
-        out.append(downsample(out[-1], factor))
-    return out
-
-
-def _tiled(quality: int) -> dict[str, object]:
-    """tifffile keywords of a tiled JPEG page."""
-    return {
-        "tile": (TILE_PX, TILE_PX),
-        "compression": "jpeg",
-        "compressionargs": {"level": quality},
-    }
-
-
-def write_philips_tiff(
-    path: str | os.PathLike[str],
-    image: np.ndarray,
-    *,
-    mpp: float,
-    magnification: float,
-    levels: int = 3,
-    quality: int = 90,
-) -> Path:
+def write_philips_tiff(path: str | os.PathLike[str], image: np.ndarray, scan: Scan) -> Path:
     """Write a Philips TIFF (OpenSlide vendor ``philips``): tiled JPEG levels halving each time.
 
     OpenSlide detects it by ``Software`` starting with ``Philips`` and an ImageDescription XML
@@ -59,26 +26,10 @@ def write_philips_tiff(
     WSI image's, the objective power from the first entry of ``levels=`` in
     ``DICOM_DERIVATION_DESCRIPTION``.
 
-    Parameters
-    ----------
-    path, image
-        Output file; ``(height, width, 3)`` uint8 RGB pixels of level 0.
-    mpp, magnification
-        Level-0 µm per pixel and objective power.
-    levels, quality
-        Pyramid levels (fewer if a level would get too small); JPEG quality.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-
-    Raises
-    ------
-    OutputError
-        The file cannot be written.
+    Three levels unless ``scan`` says otherwise.
     """
-    pyramid = build_pyramid(image, 2, levels)
+    pyramid = scan.pyramid(image, 2, 3)
+    mpp, magnification, quality = scan.mpp, scan.magnification, scan.quality
 
     def spacing(level: int) -> str:
         mm = f"&quot;{mpp * 2**level / 1000:.9g}&quot;"
@@ -100,10 +51,10 @@ def write_philips_tiff(
         f"<Array>{representations}</Array></Attribute>"
         "</DataObject></Array></Attribute></DataObject>"
     )
-    pages: list[tuple[np.ndarray, dict[str, object]]] = [
-        (pyramid[0], {**_tiled(quality), "description": description, "software": "Philips"})
+    pages: list[Page] = [
+        (pyramid[0], {**tiled(quality), "description": description, "software": "Philips"})
     ]
-    pages += [(level, {**_tiled(quality), "subfiletype": 1}) for level in pyramid[1:]]
+    pages += [(level, {**tiled(quality), "subfiletype": 1}) for level in pyramid[1:]]
     path = Path(path)
     write_tiff_pages(path, pages)
     return path
@@ -147,15 +98,7 @@ def _bif_encode_info(cols: int, rows: int) -> str:
     )
 
 
-def write_ventana_bif(
-    path: str | os.PathLike[str],
-    image: np.ndarray,
-    *,
-    mpp: float,
-    magnification: float,
-    levels: int = 3,
-    quality: int = 90,
-) -> Path:
+def write_ventana_bif(path: str | os.PathLike[str], image: np.ndarray, scan: Scan) -> Path:
     """Write a Ventana BIF (OpenSlide vendor ``ventana``), padded with white to whole tiles.
 
     Layout as a DP 200 writes it: page 0 the label (its XMP carries ``<iScan Magnification
@@ -164,14 +107,14 @@ def write_ventana_bif(
     level 0's XMP ``EncodeInfo`` lays its tiles out as one scanned area (joints of zero
     overlap, so OpenSlide's stitching puts every tile at its grid position). OpenSlide sizes
     BIF levels in whole tiles, hence the padding: level 0 is ``ceil(size / 256) * 256``.
-
-    Parameters and errors as :func:`write_philips_tiff`.
+    Three levels unless ``scan`` says otherwise.
     """
     height, width = image.shape[:2]
     cols, rows = -(-width // TILE_PX), -(-height // TILE_PX)
     padded = np.full((rows * TILE_PX, cols * TILE_PX, 3), 255, dtype=np.uint8)
     padded[:height, :width] = image
-    pyramid = build_pyramid(padded, 2, levels)
+    pyramid = scan.pyramid(padded, 2, 3)
+    magnification, quality = scan.magnification, scan.quality
 
     def xmp(text: str) -> dict[str, object]:
         data = text.encode("utf-8")
@@ -179,15 +122,15 @@ def write_ventana_bif(
 
     iscan = (
         '<?xml version="1.0" encoding="utf-8"?><Metadata><iScan ScannerModel="VENTANA DP 200" '
-        f'Magnification="{magnification:g}" ScanRes="{mpp:g}"/></Metadata>'
+        f'Magnification="{magnification:g}" ScanRes="{scan.mpp:g}"/></Metadata>'
     )
     label = np.full((96, 96, 3), 235, dtype=np.uint8)
-    pages: list[tuple[np.ndarray, dict[str, object]]] = [
+    pages: list[Page] = [
         (label, {"description": "Label Image", **xmp(iscan)}),
         (downsample(padded, 8), {"description": "Thumbnail"}),
     ]
     for i, level in enumerate(pyramid):
-        kwargs = {**_tiled(quality), "description": f"level={i} mag={magnification / 2**i:g}"}
+        kwargs = {**tiled(quality), "description": f"level={i} mag={magnification / 2**i:g}"}
         if i == 0:
             kwargs.update(xmp(_bif_encode_info(cols, rows)))
         pages.append((level, kwargs))
@@ -199,30 +142,26 @@ def write_ventana_bif(
 def write_leica_scn(
     path: str | os.PathLike[str],
     image: np.ndarray,
+    scan: Scan,
     *,
-    mpp: float,
-    magnification: float,
     canvas: tuple[int, int],
     offset: tuple[int, int],
-    levels: int = 2,
-    quality: int = 90,
 ) -> Path:
     """Write a Leica SCN (vendor ``leica``): ``image`` placed at ``offset`` on a larger canvas.
 
     OpenSlide detects the ``scn`` XML namespace in page 0's ImageDescription, makes the
     collection (``canvas``, in level-0 pixels) the slide and sets ``openslide.bounds-*`` to the
     main image's view: ``offset`` and ``image``'s size. Everything else is transparent. Levels
-    shrink by 4; resolution tags give the mpp.
+    shrink by 4 (two unless ``scan`` says otherwise); resolution tags give the mpp.
 
     Parameters
     ----------
     canvas, offset
         ``(width, height)`` of the whole slide and ``(x, y)`` of the image on it, level-0 px.
-
-    Other parameters and errors as :func:`write_philips_tiff`.
     """
+    mpp, quality = scan.mpp, scan.quality
     nm = mpp * 1000
-    pyramid = build_pyramid(image, 4, levels)
+    pyramid = scan.pyramid(image, 4, 2)
     macro = np.full((max(1, canvas[1] // 16), max(1, canvas[0] // 16), 3), 225, np.uint8)
 
     def view(size: tuple[int, int], at: tuple[int, int]) -> str:
@@ -248,17 +187,17 @@ def write_leica_scn(
         f'sizeY="{round(canvas[1] * nm)}">'
         f'<image name="main"><pixels sizeX="{image.shape[1]}" sizeY="{image.shape[0]}">'
         f"{dimensions}</pixels>{view((image.shape[1], image.shape[0]), offset)}"
-        f"{settings(magnification)}</image>"
+        f"{settings(scan.magnification)}</image>"
         f'<image name="macro"><pixels sizeX="{macro.shape[1]}" sizeY="{macro.shape[0]}">'
         f'<dimension sizeX="{macro.shape[1]}" sizeY="{macro.shape[0]}" ifd="{len(pyramid)}"/>'
         f"</pixels>{view(canvas, (0, 0))}{settings(1.25)}</image>"
         "</collection></scn>"
     )
-    pages: list[tuple[np.ndarray, dict[str, object]]] = []
+    pages: list[Page] = []
     for i, level in enumerate(pyramid):
         px_per_cm = 1e4 / (mpp * 4**i)
         kwargs: dict[str, object] = {
-            **_tiled(quality),
+            **tiled(quality),
             "resolution": (px_per_cm, px_per_cm),
             "resolutionunit": "CENTIMETER",
         }
