@@ -303,3 +303,53 @@ def test_every_slide_page_of_the_run_loads(browser: Chromium, viewer_server, sli
     else:
         assert any("/slide_files/" in r["url"] for r in responses)
         assert settings["mpp"] == pytest.approx(0.5)
+
+
+HOME_GEOMETRY = """(() => {
+    const rect = id => {
+        const r = document.getElementById(id).getBoundingClientRect();
+        return [r.left, r.top, r.right, r.bottom];
+    };
+    const size = wsiproc.viewer.world.getItemAt(0).getContentSize();
+    return {
+        slide: [...wsiproc.pageFromImage(0, 0), ...wsiproc.pageFromImage(size.x, size.y)],
+        viewer: rect('viewer'), panel: rect('panel'), window: [innerWidth, innerHeight],
+        navigator: getComputedStyle(document.querySelector('.navigator')).visibility,
+    };
+})()"""
+
+
+@pytest.mark.parametrize("height", [900, 500])
+def test_home_view_fits_the_whole_slide_beside_the_panel(
+    browser: Chromium, viewer_server, height: int
+) -> None:
+    """Issue 17 item 5: at 1200×900 (and at 1200×500, where the height limits the slide) the
+    home view shows the whole slide inside the window and left of the side panel, as large as
+    the viewer allows, with no navigator over it; zoomed in, the navigator is back."""
+    browser.send(
+        "Emulation.setDeviceMetricsOverride",
+        width=1200, height=height, deviceScaleFactor=1, mobile=False,
+    )  # fmt: skip
+    try:
+        for slide in ("KNOWN", "SECOND"):
+            browser.navigate(viewer_server.url + f"slide/{slide}")
+            wait_idle(browser)
+            g = browser.evaluate(HOME_GEOMETRY)
+            left, top, right, bottom = g["slide"]
+            v_left, v_top, v_right, v_bottom = g["viewer"]
+            assert g["window"] == [1200, height]
+            assert v_bottom <= height and v_right <= g["panel"][0]  # the viewer fits the window
+            assert right < g["panel"][0], (slide, g)
+            assert left > v_left and top > v_top and right < v_right and bottom < v_bottom, g
+            # As large as fits: one side spans the viewer but for the margins (8 px each).
+            fill = max((right - left) / (v_right - v_left), (bottom - top) / (v_bottom - v_top))
+            assert fill == pytest.approx(1.0, abs=20 / min(v_right - v_left, v_bottom - v_top))
+            assert g["navigator"] == "hidden"
+        browser.evaluate("void wsiproc.viewer.viewport.zoomBy(4, null, true)")
+        wait_idle(browser)
+        assert browser.evaluate(HOME_GEOMETRY)["navigator"] == "visible"
+    finally:
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=WIDTH, height=HEIGHT, deviceScaleFactor=1, mobile=False,
+        )  # fmt: skip

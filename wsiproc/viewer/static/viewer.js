@@ -6,6 +6,7 @@
   var settings = JSON.parse(document.getElementById("wsiproc-settings").textContent);
   var OUTLINE_MIN_PX = 12; // draw window outlines once a window is this wide on screen
   var SCALEBAR_PX = 120; // the scale bar is at most this wide
+  var HOME_MARGIN_PX = 8; // the home view keeps the slide this far inside the viewer's edges
   var $ = function (id) { return document.getElementById(id); };
   var state = {
     heat: null, output: null, colormap: null, opacity: 0.6,
@@ -29,6 +30,11 @@
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
     maxZoomPixelRatio: 4,
     visibilityRatio: 0.5,
+    // Home fits the whole slide inside the viewer (the area beside the side panel), clear of
+    // its edges: OpenSeadragon fits the home bounds into the area inside these margins.
+    viewportMargins: {
+      left: HOME_MARGIN_PX, top: HOME_MARGIN_PX, right: HOME_MARGIN_PX, bottom: HOME_MARGIN_PX,
+    },
     timeout: 120000,
   });
 
@@ -117,7 +123,8 @@
       drawOutlines();
       return;
     }
-    var r = item.viewportToImageRectangle(viewer.viewport.getBounds(true));
+    // With margins: the whole viewer element, margins included, shows the slide.
+    var r = item.viewportToImageRectangle(viewer.viewport.getBoundsWithMargins(true));
     var query = "?x=" + r.x + "&y=" + r.y + "&w=" + r.width + "&h=" + r.height;
     if (query === state.outlinesFor) { return; }
     state.outlinesFor = query;
@@ -210,7 +217,22 @@
     $("scalebar").dataset.px = String(length / umPerPx);
   }
 
-  viewer.addHandler("update-viewport", function () { drawOutlines(); drawScalebar(); });
+  // --- navigator: only while part of the slide is out of view (at home it would cover the
+  // slide's corner and show nothing the view does not) ------------------------------------
+  function updateNavigator() {
+    var item = slideItem();
+    if (!item || !viewer.navigator) { return; }
+    var size = item.getContentSize();
+    var a = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(0, 0));
+    var b = item.imageToViewerElementCoordinates(size);
+    var whole = a.x >= -0.5 && a.y >= -0.5 &&
+      b.x <= viewer.container.clientWidth + 0.5 && b.y <= viewer.container.clientHeight + 0.5;
+    viewer.navigator.element.style.visibility = whole ? "hidden" : "";
+  }
+
+  viewer.addHandler("update-viewport", function () {
+    drawOutlines(); drawScalebar(); updateNavigator();
+  });
   viewer.addHandler("animation-finish", fetchOutlines);
   viewer.addHandler("open", fetchOutlines);
   viewer.addHandler("resize", fetchOutlines);
