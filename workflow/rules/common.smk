@@ -74,6 +74,17 @@ if config["level"]["mpp"] is not None and not config["model"]["allow_mpp_mismatc
         raise WorkflowError(f"invalid config: model.path: {exc}") from None
 
 
+# The colormap's name is checked against matplotlib's registry here, before any job, since the
+# schema cannot list every name matplotlib knows.
+from wsiproc.colormap import lookup_table
+from wsiproc.errors import WsiprocError
+
+try:
+    lookup_table(config["heatmap"]["colormap"])
+except WsiprocError as exc:
+    raise WorkflowError(f"invalid config: heatmap.colormap: {exc}") from None
+
+
 pathvars:
     results=config["outdir"],
     logs=config["logdir"],
