@@ -139,8 +139,8 @@ def _charts(qc: SlideQC) -> dict[str, Any]:
     legend = None
     if qc.overlay is not None and first is not None:
         lo, hi = qc.value_range
-        label = f"{first} (mean per window)"
-        legend = Picture(plots.svg_data_uri(plots.colorbar_figure(lo, hi, label=label)), label)
+        figure = plots.colorbar_figure(lo, hi, label=f"{first} (mean per window)")
+        legend = Picture(plots.svg_data_uri(figure), "Colour scale of the windows overlay")
     shown = dict(list(qc.values.items())[:HISTOGRAM_MAX_OUTPUTS])
     distributions = None
     if shown:
