@@ -29,6 +29,14 @@ def is_colormap(name: str) -> bool:
     return name in matplotlib.colormaps
 
 
+def check_colormap(name: str, *, key: str = "--colormap") -> None:
+    """Raise :class:`~wsiproc.errors.ConfigError` naming ``key`` unless matplotlib knows
+    ``name``; the one line says how to list the names it knows."""
+    if not is_colormap(name):
+        problem = f"unknown colormap {name!r}; any name matplotlib knows works, listed by: "
+        raise ConfigError(key, problem + COLORMAP_HELP)
+
+
 @functools.cache
 def _table(name: str) -> np.ndarray:
     """The read-only 256×3 table of a registered colormap (cached: names are few and known)."""
@@ -70,9 +78,7 @@ def lookup_table(name: str) -> np.ndarray:
     >>> lookup_table("viridis")[0].tolist()
     [68, 1, 84]
     """
-    if not is_colormap(name):
-        problem = f"unknown colormap {name!r}; any name matplotlib knows works, listed by: "
-        raise ConfigError("--colormap", problem + COLORMAP_HELP)
+    check_colormap(name)
     return _table(name).copy()
 
 

@@ -76,13 +76,13 @@ if config["level"]["mpp"] is not None and not config["model"]["allow_mpp_mismatc
 
 # The colormap's name is checked against matplotlib's registry here, before any job, since the
 # schema cannot list every name matplotlib knows.
-from wsiproc.colormap import lookup_table
+from wsiproc.colormap import check_colormap
 from wsiproc.errors import WsiprocError
 
 try:
-    lookup_table(config["heatmap"]["colormap"])
+    check_colormap(config["heatmap"]["colormap"], key="heatmap.colormap")
 except WsiprocError as exc:
-    raise WorkflowError(f"invalid config: heatmap.colormap: {exc}") from None
+    raise WorkflowError(f"invalid config: {exc}") from None
 
 
 pathvars:
