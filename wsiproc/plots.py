@@ -3,8 +3,8 @@
 Apart from :mod:`wsiproc.qc` because drawing is a different job from measuring: these functions
 take values and return a finished figure. matplotlib is imported inside them, never at module
 import, so the stages that do not plot (``wsiproc infer`` above all) never load it. Figures are
-made with ``matplotlib.figure.Figure`` directly (no pyplot, no global figure state, Agg for
-rasters), and saved as SVG with text as text, so they stay crisp at any zoom and small.
+made with ``matplotlib.figure.Figure`` directly (no pyplot, no GUI backend, no global figure
+state), and saved as SVG with text as text, so they stay crisp at any zoom and small.
 """
 
 from __future__ import annotations
@@ -37,10 +37,8 @@ the page's bytes) the same from run to run."""
 
 
 def _new_figure(width_in: float, height_in: float) -> Figure:
-    """An empty figure of the given size (inches at 100 dpi), outside pyplot's state."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    """An empty figure of the given size (inches at 100 dpi), outside pyplot's state: no GUI
+    backend is ever loaded, nor the caller's backend changed (rasters would be drawn by Agg)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
