@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsiproc import cli, table
-from wsiproc.colormap import COLORMAP_NAMES, colorize, lookup_table
+from wsiproc.colormap import COLORMAP_HELP, COMMON_COLORMAPS, colorize, lookup_table
 from wsiproc.errors import ConfigError
 from wsiproc.heatmap import WindowGrid, average_windows
 from wsiproc.record import read_record
@@ -427,12 +427,50 @@ def test_empty_csv_writes_all_nan_rasters(tmp_path: Path, wsiproc) -> None:
     assert (np.asarray(openslide.OpenSlide(rgb).read_region((0, 0), 0, (2, 3)))[..., 3] == 0).all()
 
 
-def test_every_colormap_is_a_256_entry_rgb_table() -> None:
-    for name in COLORMAP_NAMES:
+@pytest.mark.parametrize("name", ["viridis", "magma", "turbo", "jet", "gray"])
+def test_rgb_tiff_colours_are_matplotlibs_own(tmp_path: Path, wsiproc, name: str) -> None:
+    """Issue 18: the maps that were typed-in tables now come from matplotlib, colour for colour.
+
+    Window (row, col) of a 16×16 grid holds 16·row + col, so with the range [0, 255] every one
+    of the map's 256 entries is drawn once; each TIFF pixel must be matplotlib's own byte colour.
+    """
+    import matplotlib
+
+    write_windows(tmp_path, rng=np.random.default_rng(0), grid_rows=16, grid_cols=16, keep=1.0)
+    rows, cols = np.divmod(np.arange(256), 16)
+    boxes = np.stack([cols * 448, rows * 448, np.full(256, 448), np.full(256, 448)], axis=1)
+    values = np.stack([np.arange(256.0), np.zeros(256)], axis=1).astype(np.float32)
+    body = table.format_rows("P1", "S1", rows, cols, boxes, 0, np.ones(256), values)
+    csv_path = tmp_path / "windows.csv"
+    csv_path.write_text(",".join(table.header(["tumor", "stroma"])) + "\n" + body)
+    rgb = tmp_path / "heatmap_rgb.tif"
+    argv = ["--out", tmp_path / "h.tif", "--rgb-out", rgb, "--colormap", name]
+    assert wsiproc(csv_path, *argv, "--vmin", 0, "--vmax", 255)[0] == 0
+    want = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256), bytes=True)
+    pixels = tifffile.imread(rgb).reshape(256, 4)
+    np.testing.assert_array_equal(pixels, want)
+    np.testing.assert_array_equal(lookup_table(name), want[:, :3])
+
+
+def test_any_matplotlib_colormap_is_a_256_entry_rgb_table() -> None:
+    for name in (*COMMON_COLORMAPS, "cividis", "magma_r", "RdBu"):
         lut = lookup_table(name)
         assert lut.shape == (256, 3) and lut.dtype == np.uint8
-    with pytest.raises(ConfigError, match="--colormap: unknown colormap 'rainbow'"):
-        lookup_table("rainbow")
+    assert lookup_table("magma_r")[0].tolist() == lookup_table("magma")[255].tolist()
+
+
+def test_unknown_colormap_is_one_line_saying_how_to_list_the_names(tmp_path: Path, wsiproc) -> None:
+    csv_path, _ = write_windows(tmp_path, rng=np.random.default_rng(0), grid_rows=2, grid_cols=2)
+    out, rgb = tmp_path / "heatmap.tif", tmp_path / "heatmap_rgb.tif"
+    code, _, err = wsiproc(csv_path, "--out", out, "--rgb-out", rgb, "--colormap", "viridsi")
+    assert code != 0
+    assert err == (
+        "error: --colormap: unknown colormap 'viridsi'; any name matplotlib knows works, "
+        f"listed by: {COLORMAP_HELP}\n"
+    )
+    assert not out.exists() and not rgb.exists()
+    with pytest.raises(ConfigError, match="--colormap: unknown colormap 'Viridis'"):
+        lookup_table("Viridis")
 
 
 def test_window_grid_repr(tmp_path: Path) -> None:

@@ -308,8 +308,11 @@ def test_qc_html_is_self_contained(cohort):
     code, out = run_qc(cohort["clean"])
     assert code == 0
     page = out.with_suffix(".html").read_text()
-    images = re.findall(r'<img [^>]*src="data:image/png;base64,', page)
-    assert len(images) >= 5  # thumbnail, mask, overlay, colour bar, histograms
+    rasters = re.findall(r'<img [^>]*src="data:image/png;base64,', page)
+    assert len(rasters) == 3  # thumbnail, mask, overlay
+    charts = re.findall(r'<img class="chart" src="data:image/svg\+xml;base64,', page)
+    outputs = json.loads(out.read_text())["outputs"]
+    assert len(charts) == 2 + len(outputs)  # colour bar, distributions, one histogram each
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
     assert "P-S1 / S1" in page and 'class="banner ok"' in page
 

@@ -193,8 +193,19 @@ def test_dry_run_plans_every_stage_per_slide(tmp_path: Path, dummy_cohort: Path)
         ({"modle": {"path": "builtin:stain"}}, ["modle"]),
         ({"qc": {"pen_threshold": 2}}, ["qc.pen_threshold"]),
         ({"level": {"mpp": 0.5, "level": 0}}, ["level", "exactly one"]),
+        (
+            {"heatmap": {"colormap": "viridsi"}},
+            ["heatmap.colormap", "unknown colormap 'viridsi'", "sorted(matplotlib.colormaps)"],
+        ),
     ],
-    ids=["bad-enum", "typo-nested-key", "typo-top-key", "out-of-range", "two-level-specs"],
+    ids=[
+        "bad-enum",
+        "typo-nested-key",
+        "typo-top-key",
+        "out-of-range",
+        "two-level-specs",
+        "unknown-colormap",
+    ],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(
     tmp_path: Path, dummy_cohort: Path, change: dict, expected: list[str]

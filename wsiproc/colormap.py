@@ -1,85 +1,64 @@
-"""Values → colours: named 256-entry RGB colormaps (no matplotlib), range choice, RGBA mapping.
+"""Values → colours: matplotlib's named colormaps as 256×3 tables, range choice, RGBA mapping.
 
-Separate from :mod:`wsiproc.heatmap` so QC and reports can reuse the same colours. The anchors
-are samples of the published maps; between them colours are linear.
+Separate from :mod:`wsiproc.heatmap` so QC, reports and the viewer reuse the same colours. Any
+name in matplotlib's registry is accepted; matplotlib is imported on the first lookup only, so
+stages that never colour anything (``wsiproc infer``) never load it.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
 from .errors import ConfigError
 
-_EVEN9 = tuple(i / 8 for i in range(9))
-_EVEN11 = tuple(i / 10 for i in range(11))
+DEFAULT_COLORMAP = "viridis"
 
-_ANCHORS: dict[str, tuple[tuple[float, ...], tuple[tuple[int, int, int], ...]]] = {
-    "viridis": (
-        _EVEN9,
-        (
-            (68, 1, 84),
-            (71, 45, 123),
-            (59, 82, 139),
-            (44, 114, 142),
-            (33, 145, 140),
-            (40, 174, 128),
-            (94, 201, 98),
-            (173, 220, 48),
-            (253, 231, 37),
-        ),
-    ),
-    "magma": (
-        _EVEN9,
-        (
-            (0, 0, 4),
-            (28, 16, 68),
-            (79, 18, 123),
-            (129, 37, 129),
-            (181, 54, 122),
-            (229, 80, 100),
-            (251, 135, 97),
-            (254, 194, 135),
-            (252, 253, 191),
-        ),
-    ),
-    # Samples of Google's polynomial approximation of Turbo.
-    "turbo": (
-        _EVEN11,
-        (
-            (35, 23, 27),
-            (73, 88, 221),
-            (47, 158, 245),
-            (39, 215, 195),
-            (78, 249, 131),
-            (150, 250, 80),
-            (223, 220, 50),
-            (255, 163, 35),
-            (244, 92, 23),
-            (184, 32, 8),
-            (144, 13, 0),
-        ),
-    ),
-    # MATLAB's jet is piecewise linear between these breakpoints.
-    "jet": (
-        (0.0, 0.125, 0.375, 0.625, 0.875, 1.0),
-        ((0, 0, 128), (0, 0, 255), (0, 255, 255), (255, 255, 0), (255, 0, 0), (128, 0, 0)),
-    ),
-    "gray": ((0.0, 1.0), ((0, 0, 0), (255, 255, 255))),
-}
+COMMON_COLORMAPS: tuple[str, ...] = (DEFAULT_COLORMAP, "magma", "turbo", "jet", "gray")
+"""Colormaps the viewer's menu offers first (any other matplotlib name also works)."""
 
-COLORMAP_NAMES: tuple[str, ...] = tuple(_ANCHORS)
-"""Colormaps :func:`lookup_table` knows, the default first."""
+COLORMAP_HELP = 'python -c "import matplotlib; print(*sorted(matplotlib.colormaps))"'
+"""The command that lists every accepted colormap name, quoted in the unknown-name error."""
 
-DEFAULT_COLORMAP = COLORMAP_NAMES[0]
+
+def is_colormap(name: str) -> bool:
+    """Whether matplotlib's registry knows ``name`` (case-sensitive, like matplotlib)."""
+    import matplotlib  # here, not at import: only stages that colour pay for matplotlib
+
+    return name in matplotlib.colormaps
+
+
+def check_colormap(name: str, *, key: str = "--colormap") -> None:
+    """Raise :class:`~wsiproc.errors.ConfigError` naming ``key`` unless matplotlib knows
+    ``name``; the one line says how to list the names it knows."""
+    if not is_colormap(name):
+        problem = f"unknown colormap {name!r}; any name matplotlib knows works, listed by: "
+        raise ConfigError(key, problem + COLORMAP_HELP)
+
+
+@functools.cache
+def _table(name: str) -> np.ndarray:
+    """The read-only 256×3 table of a registered colormap (cached: names are few and known)."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256), bytes=True)
+    table = np.ascontiguousarray(rgba[:, :3], dtype=np.uint8)
+    table.setflags(write=False)
+    return table
 
 
 def lookup_table(name: str) -> np.ndarray:
-    """The 256×3 uint8 RGB table of colormap ``name``; entry 0 is the low end.
+    """The 256×3 uint8 RGB table of matplotlib's colormap ``name``; entry 0 is the low end.
+
+    The map is sampled once per name at 256 evenly spaced points with matplotlib's own
+    conversion to bytes, so every colour equals ``matplotlib.colormaps[name](i / 255,
+    bytes=True)``; heatmaps then index this table and never call matplotlib per pixel.
 
     Parameters
     ----------
     name
-        One of :data:`COLORMAP_NAMES`.
+        Any name in ``matplotlib.colormaps`` (e.g. ``viridis``, ``magma_r``).
 
     Returns
     -------
@@ -89,24 +68,18 @@ def lookup_table(name: str) -> np.ndarray:
     Raises
     ------
     ConfigError
-        ``name`` is not a known colormap (key ``--colormap``).
+        ``name`` is not a registered colormap (key ``--colormap``).
 
     Examples
     --------
     >>> lut = lookup_table("gray")
-    >>> lut.shape, lut.dtype.name, lut[0].tolist(), lut[128].tolist(), lut[255].tolist()
-    ((256, 3), 'uint8', [0, 0, 0], [128, 128, 128], [255, 255, 255])
+    >>> lut.shape, lut.dtype.name, lut[0].tolist(), lut[255].tolist()
+    ((256, 3), 'uint8', [0, 0, 0], [255, 255, 255])
     >>> lookup_table("viridis")[0].tolist()
     [68, 1, 84]
     """
-    if name not in _ANCHORS:
-        problem = f"unknown colormap {name!r}; available: {', '.join(COLORMAP_NAMES)}"
-        raise ConfigError("--colormap", problem)
-    positions, colours = _ANCHORS[name]
-    anchors = np.asarray(colours, dtype=np.float64)
-    x = np.linspace(0.0, 1.0, 256)
-    channels = [np.interp(x, positions, anchors[:, i]) for i in range(3)]
-    return np.rint(np.stack(channels, axis=1)).astype(np.uint8)
+    check_colormap(name)
+    return _table(name).copy()
 
 
 def value_range(

@@ -74,6 +74,17 @@ if config["level"]["mpp"] is not None and not config["model"]["allow_mpp_mismatc
         raise WorkflowError(f"invalid config: model.path: {exc}") from None
 
 
+# The colormap's name is checked against matplotlib's registry here, before any job, since the
+# schema cannot list every name matplotlib knows.
+from wsiproc.colormap import check_colormap
+from wsiproc.errors import WsiprocError
+
+try:
+    check_colormap(config["heatmap"]["colormap"], key="heatmap.colormap")
+except WsiprocError as exc:
+    raise WorkflowError(f"invalid config: {exc}") from None
+
+
 pathvars:
     results=config["outdir"],
     logs=config["logdir"],

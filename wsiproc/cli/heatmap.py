@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..colormap import COLORMAP_NAMES, DEFAULT_COLORMAP, colorize, lookup_table, value_range
+from ..colormap import COLORMAP_HELP, DEFAULT_COLORMAP, colorize, lookup_table, value_range
 from ..errors import ConfigError
 from ..geojson import FeatureWriter
 from ..heatmap import (
@@ -64,8 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--colormap",
         default=DEFAULT_COLORMAP,
-        choices=COLORMAP_NAMES,
-        help=f"colours of the RGB TIFF (default: {DEFAULT_COLORMAP})",
+        help=f"colours of the RGB TIFF: any matplotlib colormap name (default: "
+        f"{DEFAULT_COLORMAP}; list them with {COLORMAP_HELP})",
     )
     p.add_argument(
         "--vmin", type=float, help="value of the lowest colour (default: 1st percentile)"

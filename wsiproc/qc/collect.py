@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_write
-from ..colormap import lookup_table
+from ..colormap import DEFAULT_COLORMAP, lookup_table
 from ..errors import InputTableError
 from ..record import read_record
 from ..table import read_header
@@ -227,10 +227,10 @@ def colormap(fraction: np.ndarray) -> np.ndarray:
     Examples
     --------
     >>> colormap(np.array([0.0, 1.0])).tolist()
-    [[68, 1, 84], [253, 231, 37]]
+    [[68, 1, 84], [253, 231, 36]]
     """
     t = np.clip(np.nan_to_num(np.asarray(fraction, dtype=np.float64)), 0.0, 1.0)
-    return lookup_table("viridis")[np.rint(t * 255).astype(np.intp)]
+    return lookup_table(DEFAULT_COLORMAP)[np.rint(t * 255).astype(np.intp)]
 
 
 def _overlay(

@@ -1,101 +1,34 @@
-"""Pictures and HTML of QC: PNG data URIs, histograms, colour bar, and the ``qc.html`` page.
+"""The ``qc.html`` page of one slide: its QC record and pictures handed to the QC template.
 
-Kept apart from :mod:`.collect` so that measuring never depends on drawing; every image is
-inlined as a base64 PNG, so each page is one file that can be mailed or archived as is.
+Kept apart from :mod:`.collect` so that measuring never depends on drawing. Images are inlined
+(slide pictures as PNG, charts from :mod:`wsiproc.plots` as SVG), so each page is one file that
+can be mailed or archived as is; the markup is ``wsiproc/templates/qc.html``.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
-import math
 import shlex
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..atomic import atomic_write
 from ..maskfile import ink_overlay
+from ..webpage import format_value, render_page
 from . import metrics
-from .collect import DISPLAY_MAX_PX, SlideQC, colormap
+from .collect import DISPLAY_MAX_PX, SlideQC
 
 HISTOGRAM_MAX_OUTPUTS = 12
-"""Outputs beyond this many get statistics but no histogram image."""
+"""Outputs beyond this many get statistics but no histogram and no place in the distributions
+figure."""
 
-
-def png_data_uri(image: np.ndarray | Image.Image, max_px: int = DISPLAY_MAX_PX) -> str:
-    """An image as a ``data:image/png;base64,`` URI, shrunk to ``max_px`` on its longest side."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image.astype(np.uint8) * (255 if image.dtype == bool else 1))
-    image = image.copy()
-    image.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def histogram_png(values: np.ndarray, bins: int = 32) -> Image.Image:
-    """A small bar chart of :func:`~wsiproc.qc.metrics.histogram` with edge and peak labels."""
-    counts, edges = metrics.histogram(values, bins=bins)
-    width, height, pad = 360, 170, 22
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    plot_w, plot_h = width - 2 * pad, height - 2 * pad
-    peak = max(int(counts.max(initial=0)), 1)
-    bar_w = plot_w / bins
-    for i, n in enumerate(counts):
-        top = height - pad - plot_h * n / peak
-        x0 = pad + i * bar_w
-        draw.rectangle([x0, top, x0 + bar_w - 1, height - pad], fill=(49, 104, 142))
-    draw.line([pad, height - pad, width - pad, height - pad], fill="black")
-    draw.text((pad, height - pad + 4), f"{edges[0]:.4g}", fill="black")
-    right = f"{edges[-1]:.4g}"
-    draw.text((width - pad - draw.textlength(right), height - pad + 4), right, fill="black")
-    draw.text((pad, 4), f"max count {int(counts.max(initial=0))}", fill="black")
-    return image
-
-
-def colorbar_png(width: int = 256, height: int = 12) -> Image.Image:
-    """The overlay's colormap as a horizontal gradient, low values on the left."""
-    row = colormap(np.linspace(0.0, 1.0, width))
-    return Image.fromarray(np.repeat(row[None, :, :], height, axis=0))
-
-
-def _fmt(value: Any) -> str:
-    """A value as short display text; missing and NaN become an en dash."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value) or "–"
-    return str(value)
-
-
-CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px}
-table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left;font-size:.9em}
-th{background:#f3f3f3}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-.banner{padding:.6em 1em;font-weight:bold;border-radius:4px;margin:.5em 0;color:#fff}
-.ok{background:#2e7d32}.bad{background:#c62828}
-.flag{display:inline-block;background:#c62828;color:#fff;border-radius:3px;padding:0 .4em;
-margin:0 .2em 0 0;font-size:.85em}
-.okflag{color:#2e7d32;font-weight:bold}
-tr.failed td{background:#fdecea}
-figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
-figure img{border:1px solid #ccc}
-img.slide{width:480px;max-width:100%}
-figcaption{font-size:.85em;color:#555}
-"""
-
-_META_ROWS = (
+SLIDE_FACTS = (
     ("Slide", "slide"), ("Patient", "patient"), ("Slide ID", "slide_id"),
     ("Vendor", "vendor"), ("Objective power", "objective_power"), ("Model", "model"),
     ("Precision", "precision"),
@@ -105,42 +38,13 @@ _META_ROWS = (
     ("Windows skipped", "windows_skipped"), ("Tissue %", "tissue_percent"),
     ("Blur score", "blur_score"), ("Pen fraction", "pen_fraction"),
 )  # fmt: skip
+"""(label, ``qc.json`` key) of the page's Slide table: one line here is one row there."""
 
-
-def html_page(title: str, body: str, *, head: str = "") -> str:
-    """A complete HTML page with the QC style; ``head`` is extra markup for its ``<head>``."""
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n{head}</head>\n<body>\n"
-        f"{body}\n</body>\n</html>\n"
-    )
-
-
-def html_table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], row_classes: Sequence[str] = ()
-) -> str:
-    """An HTML table from already-escaped cell HTML; ``row_classes`` style rows (e.g. failed)."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    classes = [*row_classes, *[""] * (len(rows) - len(row_classes))]
-    body = "".join(
-        (f'<tr class="{css}">' if css else "<tr>") + "".join(cells) + "</tr>\n"
-        for cells, css in zip(rows, classes, strict=True)
-    )
-    return f"<table>\n<tr>{head}</tr>\n{body}</table>\n"
-
-
-def html_cell(value: Any) -> str:
-    """One escaped table cell, numbers right-aligned."""
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return f"<td{' class=num' if numeric else ''}>{html.escape(_fmt(value))}</td>"
-
-
-def _figure(uri: str, caption: str, css_class: str = "chart") -> str:
-    """An inline image with an escaped caption."""
-    alt = html.escape(caption)
-    img = f'<img class="{css_class}" src="{uri}" alt="{alt}">'
-    return f"<figure>{img}<figcaption>{alt}</figcaption></figure>\n"
-
+RUNTIME_FACTS = (
+    ("Runtime (s)", "runtime_s"), ("Windows / s", "windows_per_s"),
+    ("Peak RSS (MB)", "max_rss_mb"), ("Source", "runtime_source"),
+)  # fmt: skip
+"""(label, ``qc.json`` key) of the page's Runtime table."""
 
 VIEWER_LINK_CLASS = "wsiproc-view"
 """Class of the links to the viewer's slide pages: hidden in the file, shown by ``wsiproc
@@ -156,19 +60,105 @@ def viewer_page_path(slide_id: str) -> str:
     return f"/slide/{quote(slide_id, safe='')}"
 
 
-def viewer_hint_html(results: str | Path | None) -> str:
-    """A paragraph with the exact command that serves ``results`` in the viewer."""
-    target = shlex.quote(str(Path(results).resolve())) if results is not None else "RESULTS_DIR"
-    return (
-        f'<p class="{VIEWER_HINT_CLASS}">Pan and zoom the slide with its heatmap: run '
-        f"<code>wsiproc view {html.escape(target)}</code> and open the address it prints.</p>"
-    )
+@dataclass(frozen=True)
+class ViewerLinks:
+    """What the QC page and the report say about the viewer: the command that serves
+    ``results`` (the workflow's results folder, None if unknown) and where slide pages are."""
+
+    results: Path | None
+    link_class: str = VIEWER_LINK_CLASS
+    hint_class: str = VIEWER_HINT_CLASS
+
+    @property
+    def command(self) -> str:
+        """``wsiproc view /abs/results``, shell-quoted (``RESULTS_DIR`` if unknown)."""
+        if self.results is None:
+            return "wsiproc view RESULTS_DIR"
+        return f"wsiproc view {shlex.quote(str(Path(self.results).resolve()))}"
+
+    @staticmethod
+    def page(slide_id: str) -> str:
+        """The viewer's URL path of a slide's page."""
+        return viewer_page_path(slide_id)
 
 
-def viewer_link_html(slide_id: str, text: str) -> str:
-    """A link to the slide's viewer page, hidden until ``wsiproc view`` serves this page."""
-    href = html.escape(viewer_page_path(slide_id), quote=True)
-    return f'<a class="{VIEWER_LINK_CLASS}" href="{href}" hidden>{html.escape(text)}</a>'
+@dataclass(frozen=True)
+class Picture:
+    """An inlined image and its caption (also its alt text)."""
+
+    src: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class FactTable:
+    """A titled table of (label, value) rows; the page adds it as is."""
+
+    title: str
+    rows: list[tuple[str, Any]]
+    key_header: str = "Field"
+
+
+def png_data_uri(image: np.ndarray | Image.Image, max_px: int = DISPLAY_MAX_PX) -> str:
+    """An image as a ``data:image/png;base64,`` URI, shrunk to ``max_px`` on its longest side."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image.astype(np.uint8) * (255 if image.dtype == bool else 1))
+    image = image.copy()
+    image.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _images(qc: SlideQC) -> list[Picture]:
+    """Thumbnail, tissue mask (ink in magenta), ink overlay and the heatmap overlay."""
+    pictures = []
+    if qc.thumbnail is not None:
+        pictures.append(Picture(png_data_uri(qc.thumbnail), "Thumbnail"))
+    if qc.mask is not None:
+        ink = qc.ink if qc.ink is not None else np.zeros_like(qc.mask)
+        labels = np.zeros((*qc.mask.shape, 3), dtype=np.uint8)
+        labels[qc.mask] = 255
+        labels[ink] = (255, 0, 255)
+        caption = f"Tissue mask (white; marker ink in magenta: {100 * ink.mean():.2g} %)"
+        pictures.append(Picture(png_data_uri(labels), caption))
+        if qc.thumbnail is not None and ink.any():
+            overlay = ink_overlay(qc.thumbnail, qc.mask, ink)
+            pictures.append(Picture(png_data_uri(overlay), "Ink left out of the tissue"))
+    first = next(iter(qc.record["outputs"]), None)
+    if qc.overlay is not None and first is not None:
+        caption = f"Windows: {first} (mean per pixel)"
+        pictures.append(Picture(png_data_uri(qc.overlay), caption))
+    return pictures
+
+
+def _charts(qc: SlideQC) -> dict[str, Any]:
+    """The SVG charts: overlay legend, output distributions and one histogram per output."""
+    from .. import plots  # here: only the QC stage draws, and matplotlib is slow to import
+
+    first = next(iter(qc.record["outputs"]), None)
+    legend = None
+    if qc.overlay is not None and first is not None:
+        lo, hi = qc.value_range
+        figure = plots.colorbar_figure(lo, hi, label=f"{first} (mean per window)")
+        legend = Picture(plots.svg_data_uri(figure), "Colour scale of the windows overlay")
+    shown = dict(list(qc.values.items())[:HISTOGRAM_MAX_OUTPUTS])
+    distributions = None
+    if shown:
+        figure = plots.distributions_figure(shown)
+        caption = "Output distributions over the slide's windows"
+        distributions = Picture(plots.svg_data_uri(figure), caption)
+    histograms = [
+        Picture(plots.svg_data_uri(plots.histogram_figure(v, name=n)), f"Histogram: {n}")
+        for n, v in shown.items()
+    ]
+    omitted = len(qc.values) - len(shown)
+    return {
+        "legend": legend,
+        "distributions": distributions,
+        "histograms": histograms,
+        "histograms_omitted": omitted,
+    }
 
 
 def render_slide_html(qc: SlideQC, *, results: str | Path | None = None) -> str:
@@ -177,63 +167,27 @@ def render_slide_html(qc: SlideQC, *, results: str | Path | None = None) -> str:
     ``results`` is the workflow's results folder, named in the viewer command.
     """
     rec = qc.record
-    name = f"{_fmt(rec.get('patient'))} / {_fmt(rec.get('slide_id'))}"
-    parts = [f"<h1>QC: {html.escape(name)}</h1>"]
-    if rec.get("slide_id"):
-        parts.append(f"<p>{viewer_link_html(str(rec['slide_id']), 'Open in the viewer')}</p>")
-    parts.append(viewer_hint_html(results))
-    if rec["flags"]:
-        parts.append(f'<div class="banner bad">{html.escape(", ".join(rec["flags"]))}</div>')
-    else:
-        parts.append('<div class="banner ok">OK</div>')
-    parts += [f"<p>{html.escape('warning: ' + w)}</p>" for w in rec.get("warnings", [])]
-    meta_rows = [[f"<th>{html.escape(k)}</th>", html_cell(rec.get(key))] for k, key in _META_ROWS]
-    parts += ["<h2>Slide</h2>", html_table(["Field", "Value"], meta_rows), "<h2>Images</h2>"]
-    if qc.thumbnail is not None:
-        parts.append(_figure(png_data_uri(qc.thumbnail), "Thumbnail", "slide"))
-    if qc.mask is not None:
-        ink = qc.ink if qc.ink is not None else np.zeros_like(qc.mask)
-        labels = np.zeros((*qc.mask.shape, 3), dtype=np.uint8)
-        labels[qc.mask] = 255
-        labels[ink] = (255, 0, 255)
-        caption = f"Tissue mask (white; marker ink in magenta: {100 * ink.mean():.2g} %)"
-        parts.append(_figure(png_data_uri(labels), caption, "slide"))
-        if qc.thumbnail is not None and ink.any():
-            overlay = ink_overlay(qc.thumbnail, qc.mask, ink)
-            parts.append(_figure(png_data_uri(overlay), "Ink left out of the tissue", "slide"))
-    first = next(iter(rec["outputs"]), None)
-    if qc.overlay is not None and first is not None:
-        lo, hi = qc.value_range
-        parts.append(
-            _figure(png_data_uri(qc.overlay), f"Windows: {first} (mean per pixel)", "slide")
-        )
-        parts.append(
-            f'<p>{html.escape(_fmt(lo))} <img src="{png_data_uri(colorbar_png())}" '
-            f'alt="colour scale"> {html.escape(_fmt(hi))}</p>'
-        )
-    parts.append("<h2>Outputs</h2>")
-    for i, (out_name, column) in enumerate(qc.values.items()):
-        if i == HISTOGRAM_MAX_OUTPUTS:
-            parts.append(f"<p>Histograms of {len(qc.values) - i} more outputs omitted.</p>")
-            break
-        parts.append(_figure(png_data_uri(histogram_png(column)), f"Histogram: {out_name}"))
-    stat_rows = [
-        [f"<th>{html.escape(n)}</th>", *(html_cell(s[k]) for k in metrics.SUMMARY_KEYS)]
-        for n, s in rec["outputs"].items()
+    slide_facts = [(label, rec.get(key)) for label, key in SLIDE_FACTS]
+    fact_tables = [
+        FactTable("Runtime", [(label, rec.get(key)) for label, key in RUNTIME_FACTS]),
+        FactTable("Thresholds", list(rec["thresholds"].items()), "Flag threshold"),
     ]
-    parts.append(html_table(["Output", *metrics.SUMMARY_KEYS], stat_rows))
-    runtime = [
-        ["<th>Runtime (s)</th>", html_cell(rec.get("runtime_s"))],
-        ["<th>Windows / s</th>", html_cell(rec.get("windows_per_s"))],
-        ["<th>Peak RSS (MB)</th>", html_cell(rec.get("max_rss_mb"))],
-        ["<th>Source</th>", html_cell(rec.get("runtime_source"))],
-    ]
-    parts += ["<h2>Runtime</h2>", html_table(["Field", "Value"], runtime)]
-    thresholds = [
-        [f"<th>{html.escape(k)}</th>", html_cell(v)] for k, v in rec["thresholds"].items()
-    ]
-    parts += ["<h2>Thresholds</h2>", html_table(["Flag threshold", "Value"], thresholds)]
-    return html_page(f"QC {name}", "\n".join(parts))
+    name = f"{format_value(rec.get('patient'))} / {format_value(rec.get('slide_id'))}"
+    return render_page(
+        "qc.html",
+        title=f"QC {name}",
+        name=name,
+        slide_id=rec.get("slide_id"),
+        viewer=ViewerLinks(None if results is None else Path(results)),
+        flags=rec["flags"],
+        warnings=rec.get("warnings", []),
+        slide_facts=slide_facts,
+        images=_images(qc),
+        outputs=rec["outputs"],
+        summary_keys=metrics.SUMMARY_KEYS,
+        fact_tables=fact_tables,
+        **_charts(qc),
+    )
 
 
 def write_qc_html(qc: SlideQC, path: str | Path) -> None:

@@ -10,7 +10,6 @@ slides make a page of about 6 MB.
 
 from __future__ import annotations
 
-import html
 import math
 import os
 import struct
@@ -19,13 +18,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from .. import __version__
 from ..atomic import atomic_write
 from ..cohort import FAILED, FLAGGED, NOT_RUN, OK, CohortStatus, PatientStatus
-from . import metrics, sortable
+from ..webpage import render_page
+from . import metrics
 from .collect import load_qc
 from .inputs import resolve_recorded
-from .render import html_cell, html_page, html_table, viewer_hint_html, viewer_link_html
-from .sortable import Column
+from .render import ViewerLinks
+from .sortable import Column, SortableTable
 
 QC_COLUMNS = (
     "level", "proc_mpp", "mpp_source", "windows_total", "windows_processed", "windows_skipped",
@@ -124,7 +125,7 @@ def png_size(path: Path) -> tuple[int, int] | None:
 
 
 def href(path: str | os.PathLike[str], report_dir: str | Path) -> str:
-    """``path`` as an escaped, percent-encoded URL relative to the report's folder.
+    """``path`` as a percent-encoded URL relative to the report's folder (the template escapes it).
 
     Examples
     --------
@@ -132,21 +133,7 @@ def href(path: str | os.PathLike[str], report_dir: str | Path) -> str:
     'P%201/S%231/thumbnail.png'
     """
     relative = Path(os.path.relpath(path, start=report_dir)).as_posix()
-    return html.escape(quote(relative), quote=True)
-
-
-def _thumbnail_html(path: Path, report_dir: str | Path) -> str:
-    """A lazily loaded ``<img>`` linking the thumbnail file, sized to fit the report's box."""
-    size = png_size(path)
-    dims = ""
-    if size is not None:
-        scale = min(1.0, COHORT_THUMB_PX / max(size))
-        dims = (
-            f' width="{max(1, round(size[0] * scale))}" height="{max(1, round(size[1] * scale))}"'
-        )
-    return (
-        f'<img class="thumb" loading="lazy" src="{href(path, report_dir)}"{dims} alt="thumbnail">'
-    )
+    return quote(relative)
 
 
 def _tsv_value(value: Any) -> str:
@@ -160,64 +147,17 @@ def _tsv_value(value: Any) -> str:
     return str(value).replace("\t", " ").replace("\n", " ")
 
 
-def _flags_html(names: Sequence[str] | None) -> str:
-    """Flags as red badges, a green OK, or nothing for a slide without QC."""
-    if names is None:
-        return ""
-    if not names:
-        return '<span class="okflag">OK</span>'
-    return "".join(f'<span class="flag">{html.escape(n)}</span>' for n in names)
+FAILED_COLUMNS = (
+    Column("Patient", search=True), Column("Slide", search=True), Column("Stage"),
+    Column("Error"), Column("Log"),
+)  # fmt: skip
+"""The failed slides' table (all slides may have failed, so it is paged too)."""
 
-
-def _link(path: str | os.PathLike[str], report_dir: str | Path, text: str) -> str:
-    """An escaped link to ``path`` relative to the report, showing ``text``."""
-    return f'<a href="{href(path, report_dir)}">{html.escape(text)}</a>'
-
-
-def _patients_html(patients: Sequence[PatientStatus], report_dir: str | Path) -> str:
-    """One line per patient: its CSV, or why there is none; sortable and filterable."""
-    lines = []
-    for p in patients:
-        if p.csv is not None:
-            csv_cell = f"<td>{_link(p.csv, report_dir, p.csv.name)}</td>"
-        else:
-            csv_cell = f"<td>none: {html.escape(p.reason or '')}</td>"
-        lines.append(
-            [html_cell(p.patient), html_cell(len(p.slides)), html_cell(p.status), csv_cell]
-        )
-    columns = [Column("Patient", search=True), Column("Slides", "num"), Column("Status")]
-    columns.append(Column("Patient CSV"))
-    bar = sortable.filter_bar(
-        "patients",
-        placeholder="Filter by patient id",
-        statuses=PATIENT_STATUSES,
-    )
-    table = sortable.sortable_table(
-        "patients",
-        columns,
-        lines,
-        statuses=[p.status for p in patients],
-        classes=["failed" if p.status == FAILED else "" for p in patients],
-    )
-    return bar + table
-
-
-def _failed_html(rows: Sequence[dict[str, Any]], report_dir: str | Path) -> str:
-    """The failed slides with the stage, the error and a link to the log (all slides may have
-    failed, so this table is paged too)."""
-    lines = [
-        [html_cell(r[k]) for k in ("patient", "slide_id", "failed_stage", "error")]
-        + [f"<td>{_link(r['log'], report_dir, r['log'])}</td>"]
-        for r in rows
-    ]
-    columns = [Column("Patient", search=True), Column("Slide", search=True), Column("Stage")]
-    columns += [Column("Error"), Column("Log")]
-    bar = sortable.filter_bar("failed", placeholder="Filter by slide or patient id", statuses=())
-    table = sortable.sortable_table(
-        "failed", columns, lines, statuses=[FAILED] * len(rows), classes=["failed"] * len(rows)
-    )
-    return bar + table
-
+PATIENT_COLUMNS = (
+    Column("Patient", search=True), Column("Slides", "num"), Column("Status"),
+    Column("Patient CSV"),
+)  # fmt: skip
+"""The patients' table: each patient's CSV, or why there is none."""
 
 SLIDE_COLUMNS = (
     Column("Thumbnail", None), Column("Patient", search=True), Column("Slide", search=True),
@@ -229,66 +169,84 @@ SLIDE_COLUMNS = (
 """The slide table's columns; the filter's text box searches patient and slide ids."""
 
 
-def _slides_html(rows: Sequence[dict[str, Any]], report_dir: str | Path) -> str:
-    """One line per slide: thumbnail, QC numbers and flags, or the failure and its log."""
+def _thumbnail(path: Path, report_dir: str | Path) -> dict[str, Any]:
+    """The linked thumbnail's URL and its size scaled into the report's box (no size if the
+    PNG header cannot be read)."""
+    size = png_size(path)
+    thumb: dict[str, Any] = {"src": href(path, report_dir), "width": None, "height": None}
+    if size is not None:
+        scale = min(1.0, COHORT_THUMB_PX / max(size))
+        thumb["width"] = max(1, round(size[0] * scale))
+        thumb["height"] = max(1, round(size[1] * scale))
+    return thumb
+
+
+def _slide_lines(rows: Sequence[dict[str, Any]], report_dir: str | Path) -> list[dict[str, Any]]:
+    """Each summary row with what its line links to: ``qc.html``, thumbnail, log."""
     lines = []
     for r in rows:
-        if r["qc_html"] is not None:
-            link = html.escape(quote(Path(r["qc_html"]).as_posix()), quote=True)
-            thumb = r["thumbnail"]
-            image = f'<a href="{link}">{_thumbnail_html(thumb, report_dir)}</a>' if thumb else ""
-            view = viewer_link_html(r["slide_id"], "view")
-            qc_cell = f'<td><a href="{link}">qc</a> {view}</td>'
-        else:
-            image = ""
-            qc_cell = f"<td>{_link(r['log'], report_dir, 'log')}</td>" if r["log"] else "<td></td>"
-        status = r["status"] if r["failed_stage"] is None else f"failed ({r['failed_stage']})"
-        cells = [f"<td>{image}</td>", html_cell(r["patient"]), html_cell(r["slide_id"])]
-        cells += [html_cell(status), html_cell(r["level"]), html_cell(r["proc_mpp"])]
-        cells += [html_cell(r[k]) for k in ("windows_processed", "tissue_percent", "blur_score")]
-        cells += [html_cell(r[k]) for k in ("pen_fraction", "runtime_s", "windows_per_s")]
-        flags = html.escape(r["error"]) if r["error"] else _flags_html(r["flags"])
-        lines.append([*cells, f"<td>{flags}</td>", qc_cell])
-    bar = sortable.filter_bar(
-        "slides", placeholder="Filter by slide or patient id", statuses=STATUSES
-    )
-    table = sortable.sortable_table(
-        "slides",
-        SLIDE_COLUMNS,
-        lines,
-        statuses=[r["status"] for r in rows],
-        classes=["failed" if r["status"] == FAILED else "" for r in rows],
-    )
-    return bar + table
+        qc_href = None if r["qc_html"] is None else quote(Path(r["qc_html"]).as_posix())
+        thumb = r["thumbnail"]
+        lines.append(
+            {
+                **r,
+                "qc_href": qc_href,
+                "thumb": _thumbnail(thumb, report_dir) if thumb and qc_href else None,
+                "log_href": None if r["log"] is None else href(r["log"], report_dir),
+                "status_text": r["status"]
+                if r["failed_stage"] is None
+                else f"failed ({r['failed_stage']})",
+            }
+        )
+    return lines
+
+
+def _patient_lines(
+    patients: Sequence[PatientStatus], report_dir: str | Path
+) -> list[dict[str, Any]]:
+    """One line per patient: its CSV's link, or the reason it has none."""
+    return [
+        {
+            "patient": p.patient,
+            "slides": p.slides,
+            "status": p.status,
+            "csv_href": None if p.csv is None else href(p.csv, report_dir),
+            "csv_name": None if p.csv is None else p.csv.name,
+            "reason": p.reason,
+        }
+        for p in patients
+    ]
 
 
 def render_cohort_html(
     cohort: CohortStatus, rows: Sequence[dict[str, Any]], report_dir: str | Path
 ) -> str:
-    """The cohort ``report.html``: counts, failed slides, patients, flags, one line per slide.
-
-    The viewer command names the run's results folder, wherever the report is written.
-    """
-    failed = [r for r in rows if r["status"] == FAILED]
-    counts = {f: sum(f in (r["flags"] or ()) for r in rows) for f in metrics.FLAGS}
-    banner = "bad" if failed else "ok"
-    parts = [
-        "<h1>wsiproc QC report</h1>",
-        f'<div class="banner {banner}">{len(rows)} slides: '
-        f"{html.escape(cohort.counts_text())}</div>",
-        viewer_hint_html(cohort.layout.results),
+    """The cohort ``report.html``: counts, run facts, failed slides, patients, flags, one line
+    per slide. The viewer command names the run's results folder, wherever the report is."""
+    lines = _slide_lines(rows, report_dir)
+    failed = [r for r in lines if r["status"] == FAILED]
+    filter_ids = "Filter by slide or patient id"
+    run_facts = [
+        ("Results", str(cohort.layout.results.resolve())),
+        ("Logs", str(cohort.layout.logs.resolve())),
+        ("wsiproc", __version__),
     ]
-    if failed:
-        parts += ["<h2>Failed slides</h2>", _failed_html(failed, report_dir)]
-    parts += ["<h2>Patients</h2>", _patients_html(cohort.patients, report_dir), "<h2>QC flags</h2>"]
-    flag_lines = [[f"<th>{html.escape(f)}</th>", html_cell(n)] for f, n in counts.items()]
-    parts += [html_table(["Flag", "Slides"], flag_lines), "<h2>Slides</h2>"]
-    parts.append(_slides_html(rows, report_dir))
-    parts.append(f"<script>{sortable.SCRIPT}</script>")
-    return html_page(
-        "wsiproc QC report",
-        "\n".join(parts),
-        head=f"<style>{sortable.CSS}</style>{sortable.NOSCRIPT}\n",
+    return render_page(
+        "report.html",
+        title="wsiproc QC report",
+        counts=cohort.counts_text(),
+        viewer=ViewerLinks(cohort.layout.results),
+        run_facts=run_facts,
+        failed=SortableTable("failed", FAILED_COLUMNS, failed, filter_ids),
+        patients=SortableTable(
+            "patients",
+            PATIENT_COLUMNS,
+            _patient_lines(cohort.patients, report_dir),
+            "Filter by patient id",
+            PATIENT_STATUSES,
+        ),
+        flag_counts=[(f, sum(f in (r["flags"] or ()) for r in rows)) for f in metrics.FLAGS],
+        slides=SortableTable("slides", SLIDE_COLUMNS, lines, filter_ids, STATUSES),
     )
 
 

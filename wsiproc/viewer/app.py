@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
-from ..colormap import COLORMAP_NAMES, lookup_table
+from ..colormap import is_colormap, lookup_table
 from ..errors import WsiprocError
 from ..qc.render import VIEWER_HINT_CLASS, VIEWER_LINK_CLASS
 from .cache import TileCache
@@ -154,7 +154,7 @@ class Viewer:
     def _colormap(self, name: str) -> Response:
         """A 256×1 PNG of a colormap, for the legend."""
         stem = name.removesuffix(".png")
-        if stem not in COLORMAP_NAMES or not name.endswith(".png"):
+        if not name.endswith(".png") or not is_colormap(stem):
             return not_found()
         if stem not in self._colormaps:
             rgba = np.full((1, 256, 4), 255, dtype=np.uint8)
@@ -201,12 +201,12 @@ class Viewer:
         if raster is None or tiler is None or output not in raster.outputs:
             return not_found()
         stem, _, suffix = rest[0].rpartition(".")
-        if len(rest) == 1 and suffix == "dzi" and stem in COLORMAP_NAMES:
+        if len(rest) == 1 and suffix == "dzi" and is_colormap(stem):
             xml = tiler.deepzoom.dzi_xml("png")
             return Response(200, xml.encode(), "application/xml")
         colormap = rest[0].removesuffix("_files")
         match = _TILE.match("/".join(rest[1:]))
-        if colormap not in COLORMAP_NAMES or match is None or match.group(4) != "png":
+        if match is None or not is_colormap(colormap) or match.group(4) != "png":
             return not_found()
         level, col, row = (int(match.group(i)) for i in (1, 2, 3))
         band = raster.outputs.index(output)
