@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsiproc import synth, synth_files
+from wsiproc import synth
 from wsiproc.cli import main
 from wsiproc.errors import ConfigError, ModelError
 from wsiproc.models import load_model
@@ -85,7 +85,7 @@ def slide(tmp_path_factory) -> Path:
     """A 704×576 pyramidal TIFF at 0.5 mpp: 11×9 windows of 64 px."""
     image = synth.tissue_image(704, 576, seed=17)
     directory = tmp_path_factory.mktemp("precision_slides")
-    return synth_files.write_pyramidal_tiff(directory / "s.tif", image, mpp=0.5)
+    return synth.write_pyramidal_tiff(directory / "s.tif", image, mpp=0.5)
 
 
 def infer(slide: Path, out: Path, model: Path, precision: str, *args: str) -> int:
