@@ -4,6 +4,10 @@ Claims the output (one writer per output), starts the process pipeline, opens th
 plans the run (:mod:`.plan`), resumes from the checkpoint, streams the remaining groups
 through loader processes -> collector (this process) -> writer process (:mod:`.pipeline`),
 then assembles the CSV (:mod:`.assemble`) and writes the run record (:mod:`wsiproc.record`).
+
+The flow is one way: the CLI builds an :class:`~.request.InferRequest` (re-exported here for
+callers), this module uses plan, pipeline, checkpoint and assemble, and none of them imports
+the engine back (a test checks the package's import graph has no cycle).
 """
 
 from __future__ import annotations
@@ -12,14 +16,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import ConfigError, WorkerError
+from ..errors import WorkerError
 from ..grid import Grid
-from ..level import LevelPlan, LevelSpec, select_level
+from ..level import LevelPlan, select_level
 from ..record import WindowsRecord, record_path
 from ..slide import Slide
 from .assemble import assemble_csv
@@ -28,37 +32,9 @@ from .collector import ModelCollector, StreamCollector, StreamInfo, make_collect
 from .lock import OutputLock
 from .pipeline import Pipeline
 from .plan import RunIdentity, file_stamp, fingerprint, plan_stream, slide_stamp, window_fractions
+from .request import ON_READ_ERROR, InferRequest, validate_request
 
-ON_READ_ERROR = ("fail", "skip")
-
-
-@dataclass
-class InferRequest:
-    """One ``wsiproc infer`` call. Sizes in processing pixels."""
-
-    slide: str
-    out: str
-    kernel_px: int
-    stride_px: int
-    spec: LevelSpec = field(default_factory=LevelSpec)
-    plan: LevelPlan | None = None
-    border: str = "valid"
-    min_tissue: float = 0.25
-    model: str = "builtin:mean-rgb"
-    collector: str | None = None
-    workers: int = 2
-    batch_size: int = 32
-    device: str = "auto"
-    precision: str = "fp32"
-    patient: str = ""
-    slide_id: str = ""
-    quiet: bool = False
-    reader: str = "auto"
-    chunk_px: int = 2048
-    threads: int | None = None
-    on_read_error: str = "fail"
-    mask: str | None = None
-    allow_mpp_mismatch: bool = False
+__all__ = ["ON_READ_ERROR", "InferRequest", "InferResult", "partial_dir", "run_inference"]
 
 
 @dataclass
@@ -91,22 +67,6 @@ def remove_stale_temp_files(csv_path: str | Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def _validate(req: InferRequest) -> None:
-    """Reject bad parameters before any work."""
-    if not 0.0 <= req.min_tissue <= 1.0:
-        raise ConfigError("min-tissue", f"must be between 0 and 1, got {req.min_tissue}")
-    if req.workers < 1:
-        raise ConfigError("workers", f"must be >= 1, got {req.workers}")
-    if req.batch_size < 1:
-        raise ConfigError("batch-size", f"must be >= 1, got {req.batch_size}")
-    if req.chunk_px < 1:
-        raise ConfigError("chunk-px", f"must be >= 1, got {req.chunk_px}")
-    if req.on_read_error not in ON_READ_ERROR:
-        raise ConfigError(
-            "on-read-error", f"must be one of {', '.join(ON_READ_ERROR)}, got {req.on_read_error!r}"
-        )
 
 
 def _log(req: InferRequest, text: str) -> None:
@@ -150,7 +110,7 @@ def run_inference(req: InferRequest) -> InferResult:
         or another run writing the same output. Finished groups stay checkpointed, so
         rerunning the same command continues.
     """
-    _validate(req)
+    validate_request(req)
     with _TerminateOnSignal(), OutputLock(req.out):
         for tmp in remove_stale_temp_files(req.out):
             _log(req, f"removed {tmp}, left by a killed run")
