@@ -235,17 +235,32 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             todo, collector, ckpt, ckpt.fingerprint, width, resumed, n_keep, ckpt.add_read_failures
         )
     t_assemble = time.monotonic()
-    processed = assemble_csv(
-        req.out,
-        grid=grid,
-        level=plan.level,
-        ckpt=ckpt,
-        groups=stream.groups,
-        tissue=stream.tissue,
-        names=names,
-        patient=req.patient,
-        slide_id=slide_id,
-    )
+    if req.output == "h5":  # encoder embeddings: the features file (wsiproc.features)
+        from ..features.h5file import assemble_h5
+
+        processed = assemble_h5(
+            req.out,
+            grid=grid,
+            plan=plan,
+            info=info,
+            ckpt=ckpt,
+            groups=stream.groups,
+            tissue=stream.tissue,
+            encoder=getattr(collector, "model", None),
+            slide_id=slide_id,
+        )
+    else:
+        processed = assemble_csv(
+            req.out,
+            grid=grid,
+            level=plan.level,
+            ckpt=ckpt,
+            groups=stream.groups,
+            tissue=stream.tissue,
+            names=names,
+            patient=req.patient,
+            slide_id=slide_id,
+        )
     read_errors = ckpt.read_failures()
     if read_errors.windows:
         _warn(
@@ -294,7 +309,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         l0_bounds_height=info.l0_bounds.height,
         device=device,
         gpu=gpu,
-        precision=req.precision,
+        precision=getattr(model, "precision", req.precision),
         mpp_source=plan.mpp_source,
         read_errors=read_errors,
         elapsed_s=round(elapsed, 3),
@@ -343,8 +358,10 @@ def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str |
         return make_collector(req.collector), f"collector:{req.collector}", "collector", None
     from ..models import BUILTIN_PREFIX, load_model, resolve_device
 
+    features = req.output == "h5"
     # Built-in models run in numpy: do not pay torch's import for them.
-    device = "cpu" if req.model.startswith(BUILTIN_PREFIX) else resolve_device(req.device)
+    numpy_model = req.model.startswith(BUILTIN_PREFIX) and not features
+    device = "cpu" if numpy_model else resolve_device(req.device)
     gpu = None
     if device == "cuda":  # a free GPU of this machine, held until the process exits
         from ..gpus import claim_process_gpu
@@ -353,5 +370,10 @@ def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str |
         if claim.note:
             _warn(claim.note)
         device, gpu = claim.device, claim.device_id
+    if features:  # a patch encoder (sidecar-validated), same collector
+        from ..features.encoder import Encoder
+
+        encoder = Encoder(req.model, device=device, precision=req.precision)
+        return ModelCollector(encoder), req.model, device, gpu
     model = load_model(req.model, kernel_px=req.kernel_px, device=device, precision=req.precision)
     return ModelCollector(model), req.model, device, gpu

@@ -15,6 +15,10 @@ from ..level import LevelPlan, LevelSpec
 ON_READ_ERROR = ("fail", "skip")
 """``fail``: the first unreadable region stops the run; ``skip``: it becomes NaN outputs."""
 
+OUTPUTS = ("csv", "h5")
+"""``csv``: ``windows.csv`` of model outputs; ``h5``: a features file of encoder embeddings
+(:mod:`wsiproc.features`), ``model`` then names the encoder."""
+
 
 @dataclass
 class InferRequest:
@@ -43,6 +47,7 @@ class InferRequest:
     on_read_error: str = "fail"
     mask: str | None = None
     allow_mpp_mismatch: bool = False
+    output: str = "csv"
 
 
 def validate_request(req: InferRequest) -> None:
@@ -61,6 +66,8 @@ def validate_request(req: InferRequest) -> None:
         raise ConfigError("batch-size", f"must be >= 1, got {req.batch_size}")
     if req.chunk_px < 1:
         raise ConfigError("chunk-px", f"must be >= 1, got {req.chunk_px}")
+    if req.output not in OUTPUTS:
+        raise ConfigError("output", f"must be one of {', '.join(OUTPUTS)}, got {req.output!r}")
     if req.on_read_error not in ON_READ_ERROR:
         raise ConfigError(
             "on-read-error", f"must be one of {', '.join(ON_READ_ERROR)}, got {req.on_read_error!r}"
