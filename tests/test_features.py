@@ -24,7 +24,8 @@ from _encoders import MeanColour, Slow, seeded, sidecar, write_encoder
 
 from wsiproc import synth_files
 from wsiproc.cli import main
-from wsiproc.features.encoder import Encoder, resolve_precision
+from wsiproc.features.encoder import Encoder
+from wsiproc.precision import resolve_precision
 from wsiproc.stream.checkpoint import INDEX_FILE
 from wsiproc.stream.engine import partial_dir
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError, one_line
 from ..models import BUILTIN_PREFIX, file_sha256
+from ..precision import prepare_module, resolve_precision, torch_dtype
 from .sidecar import EncoderSpec, read_spec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,41 +34,6 @@ BUILTIN_TINY = EncoderSpec(
     output_dim=128,
 )
 BUILTINS = {"builtin:tiny": BUILTIN_TINY}
-
-
-# Precision helpers. Same names and signatures as wsiproc.precision (branch `precision`);
-# once it is merged this block becomes:
-#   from ..precision import cpu_has_fast_bf16, prepare_module, resolve_precision, torch_dtype
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AMX or AVX512-BF16); read from /proc."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> bf16 on a GPU or a CPU with native bf16, else fp32; others as given."""
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-def torch_dtype(precision: str) -> Any:
-    """The torch dtype of a resolved precision name."""
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def prepare_module(module: Any, precision: str, device: str, example: Any) -> Any:
-    """The module on ``device`` with its weights cast to ``precision`` (``example`` unused)."""
-    return module.to(device=device, dtype=torch_dtype(precision))
 
 
 def builtin_module() -> Any:
@@ -142,7 +108,7 @@ class Encoder:
         self.dtype = torch_dtype(self.precision)
         self.input_size = self.spec.input_size
         example = torch.zeros(1, 3, self.input_size, self.input_size, dtype=self.dtype)
-        self.module = prepare_module(module, self.precision, str(self.device), example)
+        self.module = prepare_module(module, self.precision, self.device, example, source=source)
         self._mean = torch.tensor(self.spec.mean, dtype=self.dtype, device=self.device)
         self._std = torch.tensor(self.spec.std, dtype=self.dtype, device=self.device)
         self._mean, self._std = self._mean.view(1, 3, 1, 1), self._std.view(1, 3, 1, 1)

@@ -176,6 +176,11 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             tile_px=tile_px,
         )
         collector, source, device, gpu = _make_collector(req)
+        # Resolved once (auto -> bf16/fp32) by the model; built-ins and collectors compute as
+        # written, so auto means fp32 for them.
+        precision = getattr(getattr(collector, "model", None), "precision", None) or (
+            "fp32" if req.precision == "auto" else req.precision
+        )
         names = list(collector.output_names)
         width = len(names)
         identity = RunIdentity(
@@ -189,7 +194,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             model_identity=collector.identity(),
             outputs=tuple(names),
             batch_size=req.batch_size,
-            precision=req.precision,
+            precision=precision,
             device=device,
             reader=slide.reader,
             chunk_px=req.chunk_px,
@@ -309,7 +314,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         l0_bounds_height=info.l0_bounds.height,
         device=device,
         gpu=gpu,
-        precision=getattr(model, "precision", req.precision),
+        precision=precision,
         mpp_source=plan.mpp_source,
         read_errors=read_errors,
         elapsed_s=round(elapsed, 3),
