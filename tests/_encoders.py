@@ -71,10 +71,10 @@ class Slow(nn.Module):
         return self.proj(x.mean(dim=(2, 3))) + acc.mean() * 0.0
 
 
-def write_encoder(
-    path: Path, module: nn.Module, sidecar: dict[str, Any], *, kind: str = "torchscript"
-) -> Path:
-    """Export ``module`` (traced at the sidecar's input size) to ``path``, sidecar beside it."""
+def write_encoder(path: Path, module: nn.Module, sidecar: dict[str, Any]) -> Path:
+    """Export ``module`` (traced at the sidecar's input size) to ``path``, sidecar beside it:
+    ``torch.export`` for a ``.pt2`` path, else TorchScript."""
+    kind = "pt2" if path.suffix == ".pt2" else "torchscript"
     torch.manual_seed(0)
     module = module.eval()
     size = sidecar["input_size"]
@@ -82,7 +82,9 @@ def write_encoder(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: deprecated, supported
         if kind == "pt2":
-            torch.export.save(torch.export.export(module, (example,)), str(path))
+            dynamic = {"x": {0: torch.export.Dim.DYNAMIC}}  # any batch size
+            program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
+            torch.export.save(program, str(path))
         elif isinstance(module, Slow):
             torch.jit.save(torch.jit.script(module), str(path))
         else:

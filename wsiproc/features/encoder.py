@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -210,6 +211,9 @@ def _load_file(path: Path) -> Any:
     """A TorchScript module or a ``torch.export`` program (``.pt2``) on the CPU, in eval mode."""
     import torch
 
+    quiet = logging.getLogger("torch.export")  # it logs a traceback before raising
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         if path.suffix == ".pt2":
             return torch.export.load(str(path)).module()
@@ -219,6 +223,8 @@ def _load_file(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - any load failure is a model error
         kind = "torch.export program" if path.suffix == ".pt2" else "TorchScript model"
         raise ModelError(str(path), f"not a loadable {kind}: {one_line(exc)}") from exc
+    finally:
+        quiet.setLevel(level)
 
 
 def encoder_spec(source: str) -> EncoderSpec:

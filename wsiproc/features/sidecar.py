@@ -147,7 +147,8 @@ def read_spec(encoder: Path) -> tuple[EncoderSpec, Path]:
         raise ModelError(str(encoder), "no such encoder file")
     side = sidecar_path(encoder)
     if not side.exists():
-        msg = f"no sidecar JSON beside the encoder (expected {side.name}; see docs/features.md)"
+        names = f"{encoder.name}.json or {encoder.with_suffix('.json').name}"
+        msg = f"no sidecar JSON beside the encoder (expected {names}; see docs/features.md)"
         raise ModelError(str(encoder), msg)
     try:
         raw = json.loads(side.read_text(encoding="utf-8"))
