@@ -20,6 +20,7 @@ STAGES = (
     "infer",
     "features",
     "features_export",
+    "features_table",
     "patient_csv",
     "heatmap",
     "qc",
