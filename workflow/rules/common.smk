@@ -278,7 +278,7 @@ EXPORT_FILES = {
 def features_export_outputs():
     """The export files of one slide, as output patterns."""
     return [
-        "<results>/{patient}/{slide}/" + name
+        f"<results>/{{patient}}/{{slide}}/{name}"
         for tool in config["features"]["exports"]
         for name in EXPORT_FILES[tool]
     ]
