@@ -18,9 +18,10 @@ MIN_OBJECT_FRACTION = 0.0005
 """Connected tissue pieces smaller than this fraction of the thumbnail are dropped as dust."""
 
 MAX_INK_FRACTION = 0.1
-"""A window more than a tenth covered by ink is skipped even if the rest of it is tissue:
-ink is so dark and saturated that a tenth of a window already moves a model's output (on
-the demo's pen slide, windows a fifth inked read hematoxylin 0.4, tissue 0.05–0.25)."""
+"""Default of ``window.max_ink`` (``--max-ink``): where tissue gating applies, a window more
+than a tenth covered by ink is skipped even if the rest of it is tissue: ink is so dark and
+saturated that a tenth of a window already moves a model's output (on the demo's pen slide,
+windows a fifth inked read hematoxylin 0.4, tissue 0.05–0.25)."""
 
 MASK_TISSUE = 255
 MASK_INK = 128

@@ -29,9 +29,10 @@ from ..slide import Slide
 from .assemble import assemble_csv
 from .checkpoint import Checkpoint
 from .collector import ModelCollector, StreamCollector, StreamInfo, make_collector
+from .gating import measure_window_tissue
 from .lock import OutputLock
 from .pipeline import Pipeline
-from .plan import RunIdentity, file_stamp, fingerprint, plan_stream, slide_stamp, window_fractions
+from .plan import RunIdentity, file_stamp, fingerprint, plan_stream, slide_stamp
 from .request import ON_READ_ERROR, InferRequest, validate_request
 
 __all__ = ["ON_READ_ERROR", "InferRequest", "InferResult", "partial_dir", "run_inference"]
@@ -133,11 +134,6 @@ def _run_inference(req: InferRequest) -> InferResult:
 
 def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResult:
     """Plan, resume, stream, assemble, record."""
-    # scipy (a quarter second) only now: a run refused by the output lock never pays for it.
-    from ..ink import ink_mask
-    from ..maskfile import read_mask
-    from ..tissue import THUMBNAIL_PX, tissue_mask
-
     slide_id = req.slide_id or Path(req.slide).stem
     with Slide(req.slide, reader=req.reader) as slide:
         info = slide.info
@@ -156,21 +152,23 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         # Tile-aligned chunks when windows are read as stored (no resize): no tile decoded twice.
         tile_px = slide.tile_size(plan.level) if plan.resize_factor == 1.0 else None
         pipeline.start(plan, grid, slide.reader)
-        tissue_px = ink_px = None
-        if req.mask:  # the level stage's mask: QC shows exactly what gated the windows
-            tissue_px, ink_px = read_mask(req.mask)
-        elif grid.rows and grid.cols:
-            thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
-            ink_px = ink_mask(thumb)
-            tissue_px = tissue_mask(thumb, ink_px)
-        # Masks (ours or the level stage's) cover the bounds, as the thumbnail does.
-        tissue = window_fractions(grid, tissue_px, info.l0_bounds)
-        ink = window_fractions(grid, ink_px, info.l0_bounds)
+        gating = measure_window_tissue(
+            slide,
+            grid,
+            min_tissue=req.min_tissue,
+            mask=req.mask,
+            skip_read_errors=req.on_read_error == "skip",
+        )
+        if gating.unknown and req.min_tissue > 0:
+            _warn(
+                f"{req.slide}: tissue unknown, every window is processed ({gating.unknown_reason})"
+            )
         stream = plan_stream(
             grid,
-            tissue,
-            ink=ink,
+            gating.tissue,
+            ink=gating.ink,
             min_tissue=req.min_tissue,
+            max_ink=req.max_ink,
             batch_size=req.batch_size,
             chunk_px=req.chunk_px,
             tile_px=tile_px,
@@ -185,6 +183,8 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             stride_px=req.stride_px,
             border=req.border,
             min_tissue=req.min_tissue,
+            max_ink=req.max_ink,
+            tissue_source=gating.source,
             model=source,
             model_identity=collector.identity(),
             outputs=tuple(names),
@@ -274,6 +274,10 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         resize_factor=plan.resize_factor,
         border=req.border,
         min_tissue=req.min_tissue,
+        max_ink=req.max_ink,
+        tissue_source=gating.source,
+        tissue_unknown=gating.unknown,
+        tissue_unknown_reason=gating.unknown_reason,
         proc_width=plan.proc_width,
         proc_height=plan.proc_height,
         l0_width=info.width,
@@ -321,7 +325,7 @@ def _why_no_windows(grid: Grid, req: InferRequest) -> str:
             f"the slide is {grid.proc_width}x{grid.proc_height} px at the processing "
             f"resolution, smaller than one {req.kernel_px} px window"
         )
-    return f"no window has tissue >= {req.min_tissue}"
+    return f"no window has tissue >= {req.min_tissue} and ink <= {req.max_ink}"
 
 
 def _check_model_mpp(req: InferRequest, plan: LevelPlan) -> float | None:
