@@ -124,6 +124,7 @@ def _run_inference(req: InferRequest) -> InferResult:
     # Loader processes start first (forked before any decoder library is loaded, when that
     # is safe), so their start-up overlaps opening the slide, tissue detection and model load.
     pipeline = Pipeline(req)
+    pipeline.marks["processes"] = time.monotonic()
     try:
         if pipeline.pool.note:
             _warn(pipeline.pool.note)
@@ -149,6 +150,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             proc_x0=plan.proc_x0,
             proc_y0=plan.proc_y0,
         )
+        pipeline.marks["open"] = time.monotonic()
         # Tile-aligned chunks when windows are read as stored (no resize): no tile decoded twice.
         tile_px = slide.tile_size(plan.level) if plan.resize_factor == 1.0 else None
         pipeline.start(plan, grid, slide.reader)
@@ -159,6 +161,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             mask=req.mask,
             skip_read_errors=req.on_read_error == "skip",
         )
+        pipeline.marks["tissue"] = time.monotonic()
         if gating.unknown and req.min_tissue > 0:
             _warn(
                 f"{req.slide}: tissue unknown, every window is processed ({gating.unknown_reason})"
@@ -173,7 +176,9 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             chunk_px=req.chunk_px,
             tile_px=tile_px,
         )
+        pipeline.marks["plan"] = time.monotonic()
         collector, source, device, gpu = _make_collector(req)
+        pipeline.marks["model"] = time.monotonic()
         names = list(collector.output_names)
         width = len(names)
         identity = RunIdentity(
@@ -307,6 +312,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         resumed_windows=resumed,
         timings_s={
             "setup": round(t_stream - started, 3),
+            **_setup_timings(pipeline.marks, started, t_stream),
             "stream": round(stream_s, 3),
             "assemble": round(time.monotonic() - t_assemble, 3),
         },
@@ -316,6 +322,23 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
     ckpt.remove()
     _log(req, f"wrote {processed} windows to {req.out} in {elapsed:.1f} s")
     return InferResult(Path(req.out), mpath, processed, grid.rows * grid.cols, resumed, record)
+
+
+def _setup_timings(marks: dict[str, float], started: float, t_stream: float) -> dict[str, float]:
+    """Seconds of each set-up step, in order (``setup_processes``, ``setup_open``, ...), and
+    of the stream's first batch: where a small slide's run time goes."""
+    out = {}
+    previous = started
+    for name in ("processes", "open", "tissue", "plan", "model"):
+        if name in marks:
+            out[f"setup_{name}"] = round(marks[name] - previous, 3)
+            previous = marks[name]
+    out["setup_checkpoint"] = round(t_stream - previous, 3)
+    if "first_batch" in marks:
+        out["stream_first_batch"] = round(marks["first_batch"] - t_stream, 3)
+    if "writer_close" in marks:
+        out["stream_writer_close"] = round(marks["writer_close"] - marks["last_batch"], 3)
+    return out
 
 
 def _why_no_windows(grid: Grid, req: InferRequest) -> str:

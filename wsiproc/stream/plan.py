@@ -57,7 +57,7 @@ def window_fractions(grid: Grid, mask: np.ndarray | None, l0_box: L0Box) -> np.n
     """
     tissue = np.zeros((grid.rows, grid.cols), dtype=np.float32)
     if grid.rows and grid.cols and mask is not None:
-        from ..tissue import window_tissue_fractions  # scipy: only once there is a mask
+        from ..tissue import window_tissue_fractions
 
         sx, sy = l0_box.width / mask.shape[1], l0_box.height / mask.shape[0]
         rr, cc = np.mgrid[0 : grid.rows, 0 : grid.cols]
