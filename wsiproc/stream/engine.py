@@ -32,7 +32,14 @@ from .collector import ModelCollector, StreamCollector, StreamInfo, make_collect
 from .gating import measure_window_tissue
 from .lock import OutputLock
 from .pipeline import Pipeline
-from .plan import RunIdentity, file_stamp, fingerprint, plan_stream, slide_stamp
+from .plan import (
+    RunIdentity,
+    StreamPlan,
+    file_stamp,
+    fingerprint,
+    plan_stream,
+    slide_stamp,
+)
 from .request import ON_READ_ERROR, InferRequest, validate_request
 
 __all__ = ["ON_READ_ERROR", "InferRequest", "InferResult", "partial_dir", "run_inference"]
@@ -121,8 +128,8 @@ def run_inference(req: InferRequest) -> InferResult:
 def _run_inference(req: InferRequest) -> InferResult:
     """Body of :func:`run_inference`, with the output claimed."""
     started = time.monotonic()
-    # Loader processes start first (forked before any decoder library is loaded, when that
-    # is safe), so their start-up overlaps opening the slide, tissue detection and model load.
+    # Loader and writer processes start first (forked before any decoder library is loaded, when
+    # that is safe), so their start-up overlaps opening the slide, tissue detection and model load.
     pipeline = Pipeline(req)
     pipeline.marks["processes"] = time.monotonic()
     try:
@@ -240,17 +247,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             todo, collector, ckpt, ckpt.fingerprint, width, resumed, n_keep, ckpt.add_read_failures
         )
     t_assemble = time.monotonic()
-    processed = assemble_csv(
-        req.out,
-        grid=grid,
-        level=plan.level,
-        ckpt=ckpt,
-        groups=stream.groups,
-        tissue=stream.tissue,
-        names=names,
-        patient=req.patient,
-        slide_id=slide_id,
-    )
+    processed = _assemble_outputs(req, plan, stream, ckpt, names, slide_id)
     read_errors = ckpt.read_failures()
     if read_errors.windows:
         _warn(
@@ -322,6 +319,29 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
     ckpt.remove()
     _log(req, f"wrote {processed} windows to {req.out} in {elapsed:.1f} s")
     return InferResult(Path(req.out), mpath, processed, grid.rows * grid.cols, resumed, record)
+
+
+def _assemble_outputs(
+    req: InferRequest,
+    plan: LevelPlan,
+    stream: StreamPlan,
+    ckpt: Checkpoint,
+    names: list[str],
+    slide_id: str,
+) -> int:
+    """Write the run's final output files from the checkpoint alone (the same after any
+    number of resumes); return the number of windows written."""
+    return assemble_csv(
+        req.out,
+        grid=stream.grid,
+        level=plan.level,
+        ckpt=ckpt,
+        groups=stream.groups,
+        tissue=stream.tissue,
+        names=names,
+        patient=req.patient,
+        slide_id=slide_id,
+    )
 
 
 def _setup_timings(marks: dict[str, float], started: float, t_stream: float) -> dict[str, float]:

@@ -68,8 +68,9 @@ def _fork_is_safe() -> bool:
 class Pipeline:
     """Loader processes, the writer process, their queues and the shared-memory slots.
 
-    Created (loaders started) before the tasks are known; :meth:`close` always tears every
-    process and the shared memory down, also after errors.
+    Created (loaders and writer started) before the tasks are known; :meth:`start` gives the
+    loaders their job, :meth:`run` the writer its job and the loaders their tasks.
+    :meth:`close` always tears every process and the shared memory down, also after errors.
     """
 
     def __init__(self, req: InferRequest) -> None:
