@@ -180,6 +180,7 @@ def build_qc(
         "vendor": level.get("vendor"),
         "objective_power": level.get("objective_power"),
         "model": info.get("model"),
+        "precision": run.precision,  # as resolved (auto -> bf16/fp32); None in old records
         "windows_total": info.get("windows_total"),
         "windows_processed": processed,
         "windows_skipped": info.get("windows_skipped"),
