@@ -4,6 +4,10 @@ Claims the output (one writer per output), starts the process pipeline, opens th
 plans the run (:mod:`.plan`), resumes from the checkpoint, streams the remaining groups
 through loader processes -> collector (this process) -> writer process (:mod:`.pipeline`),
 then assembles the CSV (:mod:`.assemble`) and writes the run record (:mod:`wsiproc.record`).
+
+The flow is one way: the CLI builds an :class:`~.request.InferRequest` (re-exported here for
+callers), this module uses plan, pipeline, checkpoint and assemble, and none of them imports
+the engine back (a test checks the package's import graph has no cycle).
 """
 
 from __future__ import annotations
@@ -12,53 +16,33 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import ConfigError, WorkerError
+from ..errors import WorkerError
 from ..grid import Grid
-from ..level import LevelPlan, LevelSpec, select_level
+from ..level import LevelPlan, select_level
 from ..record import WindowsRecord, record_path
-from ..slide import Slide
+from ..slide import Slide, SlideInfo
 from .assemble import assemble_csv
 from .checkpoint import Checkpoint
 from .collector import ModelCollector, StreamCollector, StreamInfo, make_collector
+from .gating import measure_window_tissue
 from .lock import OutputLock
 from .pipeline import Pipeline
-from .plan import RunIdentity, file_stamp, fingerprint, plan_stream, slide_stamp, window_fractions
+from .plan import (
+    RunIdentity,
+    StreamPlan,
+    file_stamp,
+    fingerprint,
+    plan_stream,
+    slide_stamp,
+)
+from .request import ON_READ_ERROR, InferRequest, validate_request
 
-ON_READ_ERROR = ("fail", "skip")
-
-
-@dataclass
-class InferRequest:
-    """One ``wsiproc infer`` call. Sizes in processing pixels."""
-
-    slide: str
-    out: str
-    kernel_px: int
-    stride_px: int
-    spec: LevelSpec = field(default_factory=LevelSpec)
-    plan: LevelPlan | None = None
-    border: str = "valid"
-    min_tissue: float = 0.25
-    model: str = "builtin:mean-rgb"
-    collector: str | None = None
-    workers: int = 2
-    batch_size: int = 32
-    device: str = "auto"
-    precision: str = "fp32"
-    patient: str = ""
-    slide_id: str = ""
-    quiet: bool = False
-    reader: str = "auto"
-    chunk_px: int = 2048
-    threads: int | None = None
-    on_read_error: str = "fail"
-    mask: str | None = None
-    allow_mpp_mismatch: bool = False
+__all__ = ["ON_READ_ERROR", "InferRequest", "InferResult", "partial_dir", "run_inference"]
 
 
 @dataclass
@@ -91,22 +75,6 @@ def remove_stale_temp_files(csv_path: str | Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def _validate(req: InferRequest) -> None:
-    """Reject bad parameters before any work."""
-    if not 0.0 <= req.min_tissue <= 1.0:
-        raise ConfigError("min-tissue", f"must be between 0 and 1, got {req.min_tissue}")
-    if req.workers < 1:
-        raise ConfigError("workers", f"must be >= 1, got {req.workers}")
-    if req.batch_size < 1:
-        raise ConfigError("batch-size", f"must be >= 1, got {req.batch_size}")
-    if req.chunk_px < 1:
-        raise ConfigError("chunk-px", f"must be >= 1, got {req.chunk_px}")
-    if req.on_read_error not in ON_READ_ERROR:
-        raise ConfigError(
-            "on-read-error", f"must be one of {', '.join(ON_READ_ERROR)}, got {req.on_read_error!r}"
-        )
 
 
 def _log(req: InferRequest, text: str) -> None:
@@ -150,7 +118,7 @@ def run_inference(req: InferRequest) -> InferResult:
         or another run writing the same output. Finished groups stay checkpointed, so
         rerunning the same command continues.
     """
-    _validate(req)
+    validate_request(req)
     with _TerminateOnSignal(), OutputLock(req.out):
         for tmp in remove_stale_temp_files(req.out):
             _log(req, f"removed {tmp}, left by a killed run")
@@ -160,9 +128,10 @@ def run_inference(req: InferRequest) -> InferResult:
 def _run_inference(req: InferRequest) -> InferResult:
     """Body of :func:`run_inference`, with the output claimed."""
     started = time.monotonic()
-    # Loader processes start first (forked before any decoder library is loaded, when that
-    # is safe), so their start-up overlaps opening the slide, tissue detection and model load.
+    # Loader and writer processes start first (forked before any decoder library is loaded, when
+    # that is safe), so their start-up overlaps opening the slide, tissue detection and model load.
     pipeline = Pipeline(req)
+    pipeline.marks["processes"] = time.monotonic()
     try:
         if pipeline.pool.note:
             _warn(pipeline.pool.note)
@@ -173,11 +142,6 @@ def _run_inference(req: InferRequest) -> InferResult:
 
 def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResult:
     """Plan, resume, stream, assemble, record."""
-    # scipy (a quarter second) only now: a run refused by the output lock never pays for it.
-    from ..ink import ink_mask
-    from ..maskfile import read_mask
-    from ..tissue import THUMBNAIL_PX, tissue_mask
-
     slide_id = req.slide_id or Path(req.slide).stem
     with Slide(req.slide, reader=req.reader) as slide:
         info = slide.info
@@ -193,34 +157,40 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             proc_x0=plan.proc_x0,
             proc_y0=plan.proc_y0,
         )
+        pipeline.marks["open"] = time.monotonic()
         # Tile-aligned chunks when windows are read as stored (no resize): no tile decoded twice.
         tile_px = slide.tile_size(plan.level) if plan.resize_factor == 1.0 else None
         pipeline.start(plan, grid, slide.reader)
-        tissue_px = ink_px = None
-        if req.mask:  # the level stage's mask: QC shows exactly what gated the windows
-            tissue_px, ink_px = read_mask(req.mask)
-        elif grid.rows and grid.cols:
-            thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
-            ink_px = ink_mask(thumb)
-            tissue_px = tissue_mask(thumb, ink_px)
-        # Masks (ours or the level stage's) cover the bounds, as the thumbnail does.
-        tissue = window_fractions(grid, tissue_px, info.l0_bounds)
-        ink = window_fractions(grid, ink_px, info.l0_bounds)
+        gating = measure_window_tissue(
+            slide,
+            grid,
+            min_tissue=req.min_tissue,
+            mask=req.mask,
+            skip_read_errors=req.on_read_error == "skip",
+        )
+        pipeline.marks["tissue"] = time.monotonic()
+        if gating.unknown and req.min_tissue > 0:
+            _warn(
+                f"{req.slide}: tissue unknown, every window is processed ({gating.unknown_reason})"
+            )
         stream = plan_stream(
             grid,
-            tissue,
-            ink=ink,
+            gating.tissue,
+            ink=gating.ink,
             min_tissue=req.min_tissue,
+            max_ink=req.max_ink,
             batch_size=req.batch_size,
             chunk_px=req.chunk_px,
             tile_px=tile_px,
         )
+        pipeline.marks["plan"] = time.monotonic()
         collector, source, device, gpu = _make_collector(req)
         # Resolved once (auto -> bf16/fp32) by the model; built-ins and collectors compute as
         # written, so auto means fp32 for them.
         precision = getattr(getattr(collector, "model", None), "precision", None) or (
             "fp32" if req.precision == "auto" else req.precision
         )
+        pipeline.marks["model"] = time.monotonic()
         names = list(collector.output_names)
         width = len(names)
         identity = RunIdentity(
@@ -230,6 +200,8 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             stride_px=req.stride_px,
             border=req.border,
             min_tissue=req.min_tissue,
+            max_ink=req.max_ink,
+            tissue_source=gating.source,
             model=source,
             model_identity=collector.identity(),
             outputs=tuple(names),
@@ -280,16 +252,8 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             todo, collector, ckpt, ckpt.fingerprint, width, resumed, n_keep, ckpt.add_read_failures
         )
     t_assemble = time.monotonic()
-    processed = assemble_csv(
-        req.out,
-        grid=grid,
-        level=plan.level,
-        ckpt=ckpt,
-        groups=stream.groups,
-        tissue=stream.tissue,
-        names=names,
-        patient=req.patient,
-        slide_id=slide_id,
+    processed = _assemble_outputs(
+        req, plan, stream, ckpt, names, slide_id, info=info, model=getattr(collector, "model", None)
     )
     read_errors = ckpt.read_failures()
     if read_errors.windows:
@@ -319,6 +283,10 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         resize_factor=plan.resize_factor,
         border=req.border,
         min_tissue=req.min_tissue,
+        max_ink=req.max_ink,
+        tissue_source=gating.source,
+        tissue_unknown=gating.unknown,
+        tissue_unknown_reason=gating.unknown_reason,
         proc_width=plan.proc_width,
         proc_height=plan.proc_height,
         l0_width=info.width,
@@ -348,6 +316,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         resumed_windows=resumed,
         timings_s={
             "setup": round(t_stream - started, 3),
+            **_setup_timings(pipeline.marks, started, t_stream),
             "stream": round(stream_s, 3),
             "assemble": round(time.monotonic() - t_assemble, 3),
         },
@@ -359,6 +328,67 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
     return InferResult(Path(req.out), mpath, processed, grid.rows * grid.cols, resumed, record)
 
 
+def _assemble_outputs(
+    req: InferRequest,
+    plan: LevelPlan,
+    stream: StreamPlan,
+    ckpt: Checkpoint,
+    names: list[str],
+    slide_id: str,
+    *,
+    info: SlideInfo,
+    model: Any,
+) -> int:
+    """Write the run's final output files from the checkpoint alone (the same after any
+    number of resumes); return the number of windows written.
+
+    ``req.output`` picks them: ``csv`` (windows.csv) or ``h5`` (the features file of
+    :mod:`wsiproc.features`, whose attributes need the slide's metadata and the encoder).
+    """
+    if req.output == "h5":
+        from ..features.h5file import assemble_h5
+
+        return assemble_h5(
+            req.out,
+            grid=stream.grid,
+            plan=plan,
+            info=info,
+            ckpt=ckpt,
+            groups=stream.groups,
+            tissue=stream.tissue,
+            encoder=model,
+            slide_id=slide_id,
+        )
+    return assemble_csv(
+        req.out,
+        grid=stream.grid,
+        level=plan.level,
+        ckpt=ckpt,
+        groups=stream.groups,
+        tissue=stream.tissue,
+        names=names,
+        patient=req.patient,
+        slide_id=slide_id,
+    )
+
+
+def _setup_timings(marks: dict[str, float], started: float, t_stream: float) -> dict[str, float]:
+    """Seconds of each set-up step, in order (``setup_processes``, ``setup_open``, ...), and
+    of the stream's first batch: where a small slide's run time goes."""
+    out = {}
+    previous = started
+    for name in ("processes", "open", "tissue", "plan", "model"):
+        if name in marks:
+            out[f"setup_{name}"] = round(marks[name] - previous, 3)
+            previous = marks[name]
+    out["setup_checkpoint"] = round(t_stream - previous, 3)
+    if "first_batch" in marks:
+        out["stream_first_batch"] = round(marks["first_batch"] - t_stream, 3)
+    if "writer_close" in marks:
+        out["stream_writer_close"] = round(marks["writer_close"] - marks["last_batch"], 3)
+    return out
+
+
 def _why_no_windows(grid: Grid, req: InferRequest) -> str:
     """The reason a run has nothing to process, for its warning."""
     if not (grid.rows and grid.cols):
@@ -366,7 +396,7 @@ def _why_no_windows(grid: Grid, req: InferRequest) -> str:
             f"the slide is {grid.proc_width}x{grid.proc_height} px at the processing "
             f"resolution, smaller than one {req.kernel_px} px window"
         )
-    return f"no window has tissue >= {req.min_tissue}"
+    return f"no window has tissue >= {req.min_tissue} and ink <= {req.max_ink}"
 
 
 def _check_model_mpp(req: InferRequest, plan: LevelPlan) -> float | None:
@@ -388,8 +418,10 @@ def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str |
         return make_collector(req.collector), f"collector:{req.collector}", "collector", None
     from ..models import BUILTIN_PREFIX, load_model, resolve_device
 
+    features = req.output == "h5"
     # Built-in models run in numpy: do not pay torch's import for them.
-    device = "cpu" if req.model.startswith(BUILTIN_PREFIX) else resolve_device(req.device)
+    numpy_model = req.model.startswith(BUILTIN_PREFIX) and not features
+    device = "cpu" if numpy_model else resolve_device(req.device)
     gpu = None
     if device == "cuda":  # a free GPU of this machine, held until the process exits
         from ..gpus import claim_process_gpu
@@ -398,5 +430,10 @@ def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str |
         if claim.note:
             _warn(claim.note)
         device, gpu = claim.device, claim.device_id
+    if features:  # a patch encoder (sidecar-validated), same collector
+        from ..features.encoder import Encoder
+
+        encoder = Encoder(req.model, device=device, precision=req.precision)
+        return ModelCollector(encoder), req.model, device, gpu
     model = load_model(req.model, kernel_px=req.kernel_px, device=device, precision=req.precision)
     return ModelCollector(model), req.model, device, gpu
