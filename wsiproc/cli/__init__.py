@@ -21,6 +21,7 @@ STAGES = (
     "patient_csv",
     "heatmap",
     "slide_predict",
+    "predictions",
     "qc",
     "report",
     "status",

@@ -22,6 +22,8 @@ DEMO_NAME = "abmil-demo"
 DEMO_CLASSES = ("class_a", "class_b")
 DEMO_HIDDEN = 64
 DEMO_SEED = 20_160
+BLOCK_ROWS = 8192
+"""Patches per block of the demo's forward pass."""
 
 
 def demo_weights(dim: int) -> dict[str, np.ndarray]:
@@ -65,11 +67,22 @@ def build_module(dim: int) -> Any:
             for key, value in weights.items():
                 self.register_buffer(key, value)
 
+        def hidden(self, x: torch.Tensor) -> torch.Tensor:
+            """ReLU projection of a block of patches: (n, D) -> (n, hidden)."""
+            return torch.relu(x @ self.project)
+
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            hid = torch.relu(x @ self.project)
-            gated = torch.tanh(hid @ self.value) * torch.sigmoid(hid @ self.gate)
-            attention = torch.softmax((gated @ self.score).squeeze(1), dim=0)
-            pooled = attention @ hid
+            # Row blocks keep the (N, hidden) intermediates to a few MB whatever N: the bag
+            # itself is the only N-sized allocation of any size.
+            scores = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+            for a in range(0, x.shape[0], BLOCK_ROWS):
+                hid = self.hidden(x[a : a + BLOCK_ROWS].float())
+                gated = torch.tanh(hid @ self.value) * torch.sigmoid(hid @ self.gate)
+                scores[a : a + BLOCK_ROWS] = (gated @ self.score).squeeze(1)
+            attention = torch.softmax(scores, dim=0)
+            pooled = torch.zeros(DEMO_HIDDEN, dtype=torch.float32, device=x.device)
+            for a in range(0, x.shape[0], BLOCK_ROWS):
+                pooled += attention[a : a + BLOCK_ROWS] @ self.hidden(x[a : a + BLOCK_ROWS].float())
             return pooled @ self.classify, attention
 
     return GatedABMIL().eval()

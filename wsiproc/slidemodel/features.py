@@ -64,15 +64,15 @@ class FeatureHeader:
 
 
 def _attr(attrs: Any, key: str) -> Any:
-    """An h5 attribute as a Python scalar/str, or None."""
+    """An h5 attribute as a Python scalar/str, or None (also for TRIDENT's string ``'None'``)."""
     if key not in attrs:
         return None
     value = attrs[key]
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        value = value.decode("utf-8", "replace")
     if isinstance(value, np.generic):
-        return value.item()
-    return value
+        value = value.item()
+    return None if value == "None" else value
 
 
 def _positive(path: str, attrs: Any, key: str, *, optional: bool = False) -> float | None:
@@ -123,6 +123,10 @@ def read_header(path: str | Path) -> FeatureHeader:
             overlap = int(_attr(a, "overlap") or 0)
             if not 0 <= overlap < patch:
                 raise InputTableError(where, f"overlap {overlap} must be in [0, patch_size)")
+            stride = int(_attr(a, "stride") or patch - overlap)  # wsiproc also writes 'stride'
+            if stride != patch - overlap:
+                problem = f"stride {stride} disagrees with patch_size - overlap"
+                raise InputTableError(where, problem)
             mpp0 = _positive(where, a, "mpp_level0", optional=True)
             target = _positive(where, a, "target_mpp", optional=True)
             scale = target / mpp0 if mpp0 and target else patch_l0 / patch
@@ -138,7 +142,7 @@ def read_header(path: str | Path) -> FeatureHeader:
                 tissue=tissue,
                 patch_size=patch,
                 patch_size_level0=patch_l0,
-                stride=patch - overlap,
+                stride=stride,
                 scale=scale,
                 level=int(_attr(a, "patch_level") or 0),
                 proc_mpp=target,
