@@ -101,12 +101,6 @@ def test_h5_without_coords_names_the_dataset(tmp_path: Path, capsys) -> None:
     assert "'coords'" in line
 
 
-def test_zero_patches_is_refused_by_name(tmp_path: Path, capsys) -> None:
-    path = write_features_h5(tmp_path / "f.h5", np.zeros((0, 16)), np.zeros((0, 2)))
-    line = fails_cleanly(capsys, tmp_path, path, identity_model(tmp_path), str(path))
-    assert "N = 0" in line
-
-
 def test_dimension_mismatch_names_both(tmp_path: Path, capsys, bag: Path) -> None:
     model = identity_model(tmp_path, dim=32)
     line = fails_cleanly(capsys, tmp_path, bag, model, str(model))

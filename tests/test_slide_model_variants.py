@@ -167,3 +167,22 @@ def test_attention_on_background_is_flagged(tmp_path: Path, capsys) -> None:
     share = attention[tissue < 0.5].sum()
     assert data["attention_off_tissue_share"][0] == pytest.approx(share, rel=1e-5)
     assert share > 0.5 and data["qc_flags"] == ["attention_off_tissue"]
+
+
+def test_zero_patches_is_a_flagged_slide_not_an_error(tmp_path: Path, capsys) -> None:
+    """A glass-only slide (N = 0): no model run, null prediction, flag no_patches, an empty
+    attention CSV whose heatmap is one transparent pixel."""
+    h5 = write_features_h5(tmp_path / "f.h5", np.zeros((0, 16)), np.zeros((0, 2)))
+    code, out, err = predict(capsys, h5, "builtin:abmil-demo", tmp_path)
+    assert code == 0, err
+    assert "no patches" in out
+    data = json.loads((tmp_path / "slide.json").read_text())
+    assert data["qc_flags"] == ["no_patches"] and data["n_patches"] == 0
+    assert data["logits"] is None and data["probabilities"] is None
+    assert data["predicted_class"] is None
+    assert numeric_columns(tmp_path / "attention.csv").shape == (0, 9)
+    code, _, err = run_cli(
+        capsys, "heatmap", tmp_path / "attention.csv", "--out", tmp_path / "a.tif",
+        "--rgb-out", tmp_path / "a_rgb.tif", "--color-scale", "rank",
+    )  # fmt: skip
+    assert code == 0, err

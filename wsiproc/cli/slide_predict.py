@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ConfigError, InputTableError
+import numpy as np
+
+from ..errors import ConfigError
 from ..record import record_path
 
 DEFAULT_ATTENTION_THRESHOLD = 0.25
@@ -69,22 +71,23 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.attention_threshold <= 1.0:
         raise ConfigError("--attention-threshold", "must be between 0 and 1")
     head = read_header(args.features)
-    if head.n == 0:
-        raise InputTableError(head.path, "no patches (N = 0): nothing for a slide model to read")
     cells = grid_cells(head)
     model = load_slide_model(args.model, device=args.device, dim=head.dim)
     model.check_features(head.dim, head.encoder, allow_mismatch=args.allow_encoder_mismatch)
-    bag = read_bag(head, model.dtype)
-    output = model(bag, head.coords)
-    del bag
+    output = None  # no patches (glass only): nothing to predict, flagged no_patches
+    if head.n:
+        bag = read_bag(head, model.dtype)
+        output = model(bag, head.coords)
+        del bag
+    scores = output.attention if output is not None else np.zeros((0, 1))
     slide_id = args.slide_id or head.name or Path(args.features).parent.name
     patient = args.patient or slide_id
-    heads = model.head_names(output.attention.shape[1])
+    heads = model.head_names(scores.shape[1])
     write_attention_csv(
         args.attention_out,
         head,
         cells,
-        output.attention,
+        scores,
         heads=heads,
         slide_id=slide_id,
         patient=patient,
@@ -100,11 +103,12 @@ def run(args: argparse.Namespace) -> int:
         output=output,
         n_patches=head.n,
         features=str(args.features),
-        off_tissue=off_tissue_share(output.attention, head.tissue),
+        off_tissue=off_tissue_share(scores, head.tissue),
         attention_threshold=args.attention_threshold,
     )
     prediction.write(args.out)
     data = prediction.to_dict()
-    verdict = data["predicted_class"] or ", ".join(f"{v:.4g}" for v in data["logits"])
+    verdict = data["predicted_class"] or ", ".join(f"{v:.4g}" for v in data["logits"] or [])
+    verdict = verdict or "no patches, not predicted"
     print(f"slide-predict: {slide_id}: {head.n} patches, {model.spec.name} -> {verdict}")
     return 0

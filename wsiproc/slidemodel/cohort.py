@@ -62,7 +62,7 @@ def slide_result(layout: Layout, patient: str, slide: str) -> SlideResult:
             patient,
             slide,
             FLAGGED if data.get("qc_flags") else OK,
-            values=tuple(float(v) for v in values),
+            values=tuple(float(v) for v in values or ()),
             predicted_class=data.get("predicted_class") or "",
             flags=tuple(data.get("qc_flags") or ()),
             n_patches=int(data["n_patches"]),

@@ -23,6 +23,8 @@ from .features import FeatureHeader, GridCells
 from .model import SlideModel, SlideOutput
 
 SLIDE_FORMAT = "wsiproc-slide-prediction/1"
+NO_PATCHES = "no_patches"
+OFF_TISSUE_FLAG = "attention_off_tissue"
 OFF_TISSUE_BELOW = 0.5
 """Windows with a tissue fraction below this count as ink/background for the attention QC."""
 
@@ -75,12 +77,16 @@ def off_tissue_share(scores: np.ndarray, tissue: np.ndarray) -> list[float] | No
 
 @dataclass(frozen=True)
 class Prediction:
-    """What ``slide.json`` says about one slide (see :meth:`to_dict`)."""
+    """What ``slide.json`` says about one slide (see :meth:`to_dict`).
+
+    ``output`` is None for a slide without patches (N = 0, e.g. glass only): the model is not
+    run, logits and probabilities are null and the slide gets the QC flag ``no_patches``.
+    """
 
     slide_id: str
     patient: str
     model: SlideModel
-    output: SlideOutput
+    output: SlideOutput | None
     n_patches: int
     features: str
     off_tissue: list[float] | None
@@ -89,9 +95,14 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``slide.json``."""
         spec = self.model.spec
-        logits = self.output.logits
-        probs = softmax(logits) if spec.task == "classification" else None
-        flagged = self.off_tissue is not None and max(self.off_tissue) > self.attention_threshold
+        logits = None if self.output is None else self.output.logits
+        probs = softmax(logits) if logits is not None and spec.task == "classification" else None
+        flags = []
+        if self.output is None:
+            flags.append(NO_PATCHES)
+        if self.off_tissue is not None and max(self.off_tissue) > self.attention_threshold:
+            flags.append(OFF_TISSUE_FLAG)
+        k = 1 if self.output is None else self.output.attention.shape[1]
         return {
             "format": SLIDE_FORMAT,
             "wsiproc_version": __version__,
@@ -103,14 +114,14 @@ class Prediction:
             "model_sha256": self.model.sha256,
             "task": spec.task,
             "classes": list(spec.classes),
-            "logits": [float(v) for v in logits],
+            "logits": None if logits is None else [float(v) for v in logits],
             "probabilities": None if probs is None else [float(p) for p in probs],
             "predicted_class": None if probs is None else spec.classes[int(np.argmax(probs))],
             "n_patches": self.n_patches,
-            "attention_heads": self.model.head_names(self.output.attention.shape[1]),
+            "attention_heads": self.model.head_names(k),
             "attention_off_tissue_share": self.off_tissue,
             "attention_threshold": self.attention_threshold,
-            "qc_flags": ["attention_off_tissue"] if flagged else [],
+            "qc_flags": flags,
         }
 
     def write(self, path: str | Path) -> None:
@@ -136,7 +147,7 @@ def attention_record(
         output_names=tuple(heads),
         output_shape=(len(heads),),
         wsiproc_version=__version__,
-        slide=head.name,
+        slide=None,  # the h5 does not record the slide file; slide_id names it
         slide_id=slide_id,
         patient=patient,
         level=head.level,
