@@ -1,12 +1,15 @@
 """Measure wsiproc's engine against its limits, all in one run on this machine.
 
 Generates its own slides (pyvips JPEG pyramidal TIFF, ~40% tissue, fixed seed), then measures
-the per-window OpenSlide read limit, the model's pure compute limit, the engine end to end
-(I/O-bound ``builtin:mean-rgb`` and a ResNet-18-sized TorchScript CNN), the peak RSS of the
-process tree for a slide and one with 4x the pixels, and heatmap assembly from 1M windows.
-Prints a table and, with ``--json PATH``, writes every figure. Ratios matter, not seconds.
+the per-window OpenSlide read limit, the model's best forward throughput per precision (every
+variant, apart from the engine's path: :mod:`forward_limits`), the engine end to end
+(I/O-bound ``builtin:mean-rgb`` and a ResNet-18-sized TorchScript CNN in fp32 and bf16), the
+peak RSS of the process tree for a slide and one with 4x the pixels, and heatmap assembly from
+1M windows. Prints a table and, with ``--json PATH``, writes every figure. Ratios matter, not
+seconds.
 
 Usage: python benchmarks/bench_engine.py [--json out.json] [--quick] [--workdir DIR]
+       [--no-compile]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -180,8 +184,8 @@ def read_limit(slide: Path, csv: Path) -> dict:
     return {"windows": n, "seconds": dt, "wps": n / dt, "level": level}
 
 
-def build_cnn(path: Path) -> Path:
-    """A ResNet-18-sized CNN (basic blocks [2,2,2,2], 64-512 channels) saved as TorchScript."""
+def cnn_module() -> Any:
+    """A ResNet-18-sized CNN (basic blocks [2,2,2,2], 64-512 channels), eager, seeded."""
     import torch
     from torch import nn
 
@@ -214,8 +218,14 @@ def build_cnn(path: Path) -> Path:
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 2)]
     torch.manual_seed(0)
-    model = nn.Sequential(*layers).eval()
-    torch.jit.script(model).save(str(path))
+    return nn.Sequential(*layers).eval()
+
+
+def build_cnn(path: Path) -> Path:
+    """:func:`cnn_module` saved as TorchScript, with a sidecar (normalisation, softmax)."""
+    import torch
+
+    torch.jit.script(cnn_module()).save(str(path))
     path.with_name(path.name + ".json").write_text(
         json.dumps(
             {
@@ -230,7 +240,9 @@ def build_cnn(path: Path) -> Path:
 
 
 def compute_limit(model_path: Path, precision: str) -> dict:
-    """The model's best forward throughput on in-memory uint8 batches (same path as the engine)."""
+    """The model's forward throughput on in-memory uint8 batches through the engine's own model
+    path (:func:`wsiproc.models.load_model`): what the engine can reach, not what the model can
+    (that is :func:`forward_limits.forward_limits`)."""
     import torch
 
     from wsiproc.models import load_model
@@ -246,6 +258,57 @@ def compute_limit(model_path: Path, precision: str) -> dict:
         model(batch)
     dt = time.perf_counter() - t0
     return {"wps": n_batches * BATCH / dt, "seconds": dt}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def precision_table(fl: dict, engines: dict[str, dict | None]) -> dict[str, dict]:
+    """Per precision: the best variant, its windows/s, the engine's, and engine / best."""
+    table = {}
+    for precision, engine in engines.items():
+        name = fl["best"].get(precision)
+        best = fl["variants"][name]["wps"] if name else None
+        wps = engine["wps_inner"] if engine else None
+        stream = engine["wps_stream"] if engine else None
+        table[precision] = {
+            "best_variant": name,
+            "best_limit_wps": best,
+            "engine_wps": wps,
+            "engine_stream_wps": stream,
+            "engine_vs_best": _ratio(wps, best),
+            "engine_stream_vs_best": _ratio(stream, best),
+        }
+    return table
+
+
+def print_precision_table(res: dict) -> None:
+    """The per-precision table, the forward variants and the issue's targets."""
+    m = res["machine"]
+    amx = "amx_bf16" in m["cpu_bf16_flags"]
+    print(
+        f"\nCPU: AMX-BF16 {'yes' if amx else 'no'}, AVX512-BF16 "
+        f"{'yes' if 'avx512_bf16' in m['cpu_bf16_flags'] else 'no'} "
+        f"(torch dispatch {m['cpu_capability']}); --precision auto -> {m['auto_precision']}"
+    )
+    for name, r in res["runs"]["forward_variants"]["variants"].items():
+        if "wps" in r:
+            print(f"  {name:<36} {r['wps']:7.1f} win/s  (first call {r['first_call_s']:.1f} s)")
+        else:
+            print(f"  {name:<36} failed: {r['error']}")
+    print(f"{'precision':<10}{'best limit':>12}{'engine':>9}{'engine/best':>13}  best variant")
+    for precision, t in res["precision"].items():
+        best, eng, ratio = t["best_limit_wps"], t["engine_wps"], t["engine_vs_best"]
+        print(
+            f"{precision:<10}{best or float('nan'):>12.1f}{eng or float('nan'):>9.1f}"
+            f"{ratio or float('nan'):>13.2f}  {t['best_variant']}"
+        )
+    bf_vs = res["bf16_vs_fp32_best_limit"]
+    print(
+        f"bf16 / fp32 best limit: {bf_vs or float('nan'):.2f}x"
+        + ("" if amx else " (no AMX: the issue's >= 2x target applies only with AMX)")
+    )
 
 
 def heatmap_1m(workdir: Path) -> dict:
@@ -307,10 +370,15 @@ def main() -> int:
     parser.add_argument("--json", help="write every figure to this JSON file")
     parser.add_argument("--quick", action="store_true", help="smaller slides (smoke run)")
     parser.add_argument("--workdir", help="keep generated files here (default: a temp dir)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile forward variants"
+    )
     args = parser.parse_args()
     import torch
+    from forward_limits import forward_limits
 
     import wsiproc
+    from wsiproc.precision import cpu_bf16_flags, resolve_precision
 
     base_w, base_h = (8000, 6000) if args.quick else (20000, 15000)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="wsiproc-bench-"))
@@ -323,6 +391,9 @@ def main() -> int:
             "torch": torch.__version__,
             "wsiproc": wsiproc.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "cpu_bf16_flags": sorted(cpu_bf16_flags()),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "auto_precision": resolve_precision("auto", "cpu"),
         },
         "settings": {
             "kernel": KERNEL,
@@ -360,6 +431,12 @@ def main() -> int:
         e_bf = run_engine(s1, work / "cnnbf" / "windows.csv", str(cnn), precision="bf16")
     except Exception as exc:  # noqa: BLE001 - bf16 is optional on older CPUs
         clbf, e_bf = {"error": str(exc)}, None
+    print("forward variants (batch of in-memory windows):", file=sys.stderr)
+    torch.set_num_threads(os.cpu_count() or 1)
+    fl = forward_limits(
+        cnn, cnn_module(), batch=BATCH, size_px=KERNEL, compile_variants=not args.no_compile
+    )
+    per_precision = precision_table(fl, {"fp32": e_cnn, "bf16": e_bf})
     hm = heatmap_1m(work)
 
     res.update(
@@ -375,6 +452,15 @@ def main() -> int:
             "engine_cnn_wps_wall": e_cnn["wps_wall"],
             "compute_limit_bf16_wps": clbf.get("wps"),
             "engine_cnn_bf16_wps": e_bf["wps_inner"] if e_bf else None,
+            # Engine / the model's best forward throughput per precision, and bf16 / fp32.
+            "precision": per_precision,
+            "best_limit_fp32_wps": per_precision["fp32"]["best_limit_wps"],
+            "best_limit_bf16_wps": per_precision["bf16"]["best_limit_wps"],
+            "engine_vs_best_limit_fp32": per_precision["fp32"]["engine_vs_best"],
+            "engine_vs_best_limit_bf16": per_precision["bf16"]["engine_vs_best"],
+            "bf16_vs_fp32_best_limit": _ratio(
+                per_precision["bf16"]["best_limit_wps"], per_precision["fp32"]["best_limit_wps"]
+            ),
             # Headline ratios on the 4x slide (the 1x one has too few windows to amortise start-up).
             "engine_vs_read_limit": e_io4["wps_inner"] / rl4["wps"],
             "engine_vs_read_limit_wall": e_io4["wps_wall"] / rl4["wps"],
@@ -400,6 +486,7 @@ def main() -> int:
                 "engine_cnn_4x": e_cnn,
                 "engine_cnn_1x": e_cnn1,
                 "engine_cnn_bf16": e_bf,
+                "forward_variants": fl,
                 "heatmap_1m": hm,
             },
         }
@@ -446,6 +533,7 @@ def main() -> int:
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k:<{width}}  {v}")
+    print_precision_table(res)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=float))
     return 0

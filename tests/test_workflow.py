@@ -293,6 +293,25 @@ def test_demo_writes_every_output_and_log(demo: dict) -> None:
 
 
 @pytest.mark.slow
+def test_demo_features_and_their_table(demo: dict) -> None:
+    """The demo enables features (builtin:tiny, every export): one features.h5 per slide,
+    the exports beside it and features.tsv listing every slide ok with N and D (issue 15)."""
+    import h5py
+
+    outdir = demo["outdir"]
+    table = pd.read_csv(outdir / "features.tsv", sep="\t", dtype={"patient": str, "slide": str})
+    assert list(table["slide"]) == [slide for _, slide in demo["slides"]]
+    assert set(table["status"]) == {"ok"} and set(table["D"]) == {128}
+    for (patient, slide), n in zip(demo["slides"], table["N"], strict=True):
+        folder = outdir / patient / slide
+        with h5py.File(folder / "features.h5", "r") as fh:
+            assert fh["features"].shape == (n, 128)
+        for name in ("stamp/{s}.h5", "slideflow/{s}.pt", "clam/pt_files/{s}.pt"):
+            assert (folder / name.format(s=slide)).is_file()
+    assert (table["N"] == 0).sum() == 1  # the glass-only slide: a valid empty file
+
+
+@pytest.mark.slow
 def test_demo_patient_csv_concatenates_its_slides(demo: dict) -> None:
     outdir, sheet = demo["outdir"], demo["sheet"]
     for patient, group in sheet.groupby("patient"):
@@ -397,6 +416,8 @@ def test_touched_slide_reruns_only_its_own_chain(demo: dict) -> None:
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     expected = {(rule, slide) for rule in PER_SLIDE_RULES}
     expected |= {("patient_csv", patient), ("report", ""), ("all", "")}
+    # The demo enables features: the slide's features job and the cohort table too (issue 15).
+    expected |= {("features", slide), ("features_table", "")}
     assert sorted(jobs) == sorted(expected)
 
 
@@ -448,7 +469,8 @@ def test_runtime_knob_change_reruns_nothing(
 
 
 @pytest.mark.slow
-def test_edited_sheet_reruns_only_the_report(demo: dict) -> None:
+def test_edited_sheet_reruns_only_the_cohort_tables(demo: dict) -> None:
+    """The report and, with features enabled (the demo), features.tsv (issue 15)."""
     sheet = Path(demo["config"]["samples"])
     before, stat = sheet.read_text(), sheet.stat()
     header, *rows = before.splitlines(keepends=True)
@@ -458,7 +480,7 @@ def test_edited_sheet_reruns_only_the_report(demo: dict) -> None:
     finally:
         sheet.write_text(before)
         os.utime(sheet, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert sorted(jobs) == [("all", ""), ("report", "")]
+    assert sorted(jobs) == [("all", ""), ("features_table", ""), ("report", "")]
 
 
 @pytest.mark.slow
@@ -479,6 +501,8 @@ def test_slide_added_to_one_patient_reruns_only_that_patients_csv(demo: dict) ->
         os.utime(sheet, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     expected = {(rule, "ADDED") for rule in PER_SLIDE_RULES}
     expected |= {("patient_csv", patient), ("report", ""), ("all", "")}
+    # The demo enables features: the slide's features job and the cohort table too (issue 15).
+    expected |= {("features", "ADDED"), ("features_table", "")}
     assert sorted(jobs) == sorted(expected)
 
 
@@ -525,6 +549,9 @@ def test_bad_slides_fail_alone_are_reported_and_rerun_once_fixed(
         outdir=str(tmp_path / "results"),
         logdir=str(tmp_path / "logs"),
     )
+    # The heatmap chain only: the demo's features (builtin:tiny at 0.5 µm/px) would refuse
+    # these 1 µm/px slides (upsampling), which is not what this test is about (issue 15).
+    config["features"] = {**config["features"], "enabled": False}
     configfile = write_config(tmp_path / "config.yaml", config)
     outdir, logdir = tmp_path / "results", tmp_path / "logs"
     profile = ("--workflow-profile", str(DEFAULT_PROFILE))
@@ -605,6 +632,9 @@ def test_slide_smaller_than_one_window_is_flagged_with_every_output(
         outdir=str(tmp_path / "results"),
         logdir=str(tmp_path / "logs"),
     )
+    # The heatmap chain only: the demo's features (builtin:tiny at 0.5 µm/px) would refuse
+    # these 1 µm/px slides (upsampling), which is not what this test is about (issue 15).
+    config["features"] = {**config["features"], "enabled": False}
     configfile = write_config(tmp_path / "config.yaml", config)
 
     proc = snakemake(tmp_path, "--configfile", str(configfile), merged=True)

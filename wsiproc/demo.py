@@ -57,6 +57,12 @@ def demo_config(directory: Path) -> dict[str, object]:
         "loader": {"workers": 1},
         "heatmap": {"mode": "window", "output": None, "colormap": "viridis"},
         "qc": {"blur_threshold": 20.0, "pen_threshold": 0.002, "min_tissue_percent": 0.5},
+        # Patch embeddings with the built-in encoder (no weights), in every export layout.
+        "features": {
+            "enabled": True,
+            "encoder": "builtin:tiny",
+            "exports": ["stamp", "slideflow", "clam"],
+        },
     }
 
 

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import ConfigError, ModelError, one_line
+from .precision import PRECISIONS
 
 BUILTIN_PREFIX = "builtin:"
-PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Ruifrok & Johnston (2001) stain vectors (optical density per RGB channel), rows normalised.
@@ -145,7 +145,12 @@ def resolve_device(device: str) -> str:
 def load_model(
     source: str, *, kernel_px: int, device: str = "auto", precision: str = "fp32"
 ) -> Model:
-    """Load ``builtin:<name>`` or a TorchScript file (with optional ``<file>.json`` sidecar)."""
+    """Load ``builtin:<name>`` or a TorchScript file (with optional ``<file>.json`` sidecar).
+
+    ``precision`` may be ``auto``: a TorchScript model resolves it for its device
+    (:func:`wsiproc.precision.resolve_precision`) and keeps the result as ``.precision``;
+    built-ins compute in numpy whatever the precision.
+    """
     if precision not in PRECISIONS:
         raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if source.startswith(BUILTIN_PREFIX):
@@ -231,11 +236,15 @@ class TorchScriptModel:
     resolution must match it), ``input_size`` (px; windows are resized to it, default the
     window size), ``mean``/``std`` (per channel, on 0-1 pixels; default 0 and 1),
     ``activation`` (``softmax``, ``sigmoid`` or ``none``), ``output_names`` (C names).
+    Weights, activations and input normalisation run in ``precision`` (resolved, kept as
+    ``.precision``: :mod:`wsiproc.precision`); outputs are float32.
     Lives in the collector process; not picklable.
     """
 
     def __init__(self, path: Path, *, kernel_px: int, device: str, precision: str) -> None:
         import torch
+
+        from .precision import resolve_precision, torch_dtype
 
         self.source = str(path)
         self.path = path
@@ -253,7 +262,8 @@ class TorchScriptModel:
             # Implicit allocations (pinned memory, cuDNN, autocast) use the current device:
             # without this, every process would also open a context on cuda:0.
             torch.cuda.set_device(self.device)
-        self.precision = precision
+        self.precision = resolve_precision(precision, device)
+        self.dtype = torch_dtype(self.precision)
         self.kernel_px = kernel_px
         self.input_size = int(self.sidecar.get("input_size") or kernel_px)
         self.activation = self.sidecar.get("activation", "none")
@@ -263,13 +273,18 @@ class TorchScriptModel:
             )
         mean = self.sidecar.get("mean", [0.0, 0.0, 0.0])
         std = self.sidecar.get("std", [1.0, 1.0, 1.0])
+        # (x / 255 - mean) / std as one multiply-add, its constants rounded once to the dtype.
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+        self._scale = (1.0 / (255.0 * std_t)).to(device=self.device, dtype=self.dtype)
+        self._shift = (-mean_t / std_t).to(device=self.device, dtype=self.dtype)
         if path.suffix == ".pt2":
             module = self._load_exported(path)
         else:
             module = self._load_torchscript(path)
-        self.module = module
+        self.module = self._prepare(module)
         self._sha = file_sha256(path)
         probe = self._forward(np.full((1, kernel_px, kernel_px, 3), 255, dtype=np.uint8))
         if probe.ndim not in (2, 4):
@@ -285,8 +300,18 @@ class TorchScriptModel:
             raise ModelError(str(side), f"output_names has {len(names)} names, model outputs {c}")
         self.output_names = [str(n) for n in names]
 
+    def _prepare(self, module: Any) -> Any:
+        """The module cast (and, for TorchScript, frozen) for this model's precision."""
+        import torch
+
+        from .precision import prepare_module
+
+        size = self.input_size
+        example = torch.full((1, 3, size, size), 0.5).contiguous(memory_format=torch.channels_last)
+        return prepare_module(module, self.precision, self.device, example, source=self.source)
+
     def _load_torchscript(self, path: Path) -> Any:
-        """A TorchScript module, frozen and optimised for inference where possible."""
+        """A TorchScript module as saved (in eval mode); :meth:`_prepare` casts and freezes it."""
         import torch
 
         try:
@@ -297,22 +322,14 @@ class TorchScriptModel:
             raise ModelError(
                 self.source, f"not a loadable TorchScript model: {one_line(exc)}"
             ) from exc
-        module.eval()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
-        except Exception:  # noqa: BLE001 - freezing is an optimisation; fall back to the module
-            pass
-        return module
+        return module.eval()
 
     def _load_exported(self, path: Path) -> Any:
         """A ``torch.export`` program (``.pt2``, TorchScript's successor) as a callable module."""
         import torch
 
         try:
-            program = torch.export.load(str(path))
-            return program.module().to(self.device)
+            return torch.export.load(str(path)).module()
         except Exception as exc:  # noqa: BLE001 - any load failure is a model error
             raise ModelError(
                 self.source, f"not a loadable torch.export program: {one_line(exc)}"
@@ -330,23 +347,22 @@ class TorchScriptModel:
             x = torch.from_numpy(np.ascontiguousarray(windows))
             if cuda:
                 x = x.pin_memory().to(self.device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).float().div_(255.0)
-            x = (x - self._mean) / self._std
+            x = x.permute(0, 3, 1, 2)
+            if self.dtype == torch.float32:  # the exact fp32 arithmetic of every release
+                x = (x.float().div_(255.0) - self._mean) / self._std
+            else:  # uint8 is exact in bf16/fp16: one multiply-add, in the model's dtype
+                x = x.to(self.dtype) * self._scale + self._shift
             if self.input_size != x.shape[-1]:
+                # Antialiased bilinear has no bf16 CPU kernel: resize in fp32, then cast back.
                 x = F.interpolate(
-                    x,
+                    x.float(),
                     size=(self.input_size, self.input_size),
                     mode="bilinear",
                     antialias=True,
                     align_corners=False,
-                )
+                ).to(self.dtype)
             x = x.contiguous(memory_format=torch.channels_last)
-            if self.precision == "fp32":
-                y = self.module(x)
-            else:
-                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-                with torch.autocast(device_type=self.device.type, dtype=dtype):
-                    y = self.module(x)
+            y = self.module(x)
             if isinstance(y, (tuple, list)):
                 y = y[0]
             y = y.float()

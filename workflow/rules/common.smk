@@ -169,7 +169,27 @@ def get_final_outputs():
         *expand(list(rules.qc.output), zip, **per_slide),
         *expand(rules.patient_csv.output.csv, patient=list(PATIENT_SLIDES)),
         *rules.report.output,
+        *(get_features_outputs() if config["features"]["enabled"] else []),
     ]
+
+
+def get_features_outputs(wildcards=None):
+    """Targets of `features_all`: every slide's features (and exports) and features.tsv."""
+    per_slide = {"patient": list(samples["patient"]), "slide": list(samples["slide"])}
+    return [
+        *expand(list(rules.features.output), zip, **per_slide),
+        rules.features_table.output.tsv,
+    ]
+
+
+def get_all_features(wildcards):
+    """features.json of every slide, in sheet order (written after its features.h5)."""
+    return expand(
+        rules.features.output.meta,
+        zip,
+        patient=list(samples["patient"]),
+        slide=list(samples["slide"]),
+    )
 
 
 def get_slide(wildcards):
@@ -222,6 +242,53 @@ def model_files():
     return [model, *[p for p in sidecars if os.path.isfile(p)][:1]]
 
 
+def features_encoder_files():
+    """The encoder file and its sidecar as inputs: a new encoder reruns the features jobs."""
+    encoder = config["features"]["encoder"]
+    if encoder.startswith("builtin:"):
+        return []
+    sidecars = [f"{encoder}.json", f"{os.path.splitext(encoder)[0]}.json"]
+    return [encoder, *[p for p in sidecars if os.path.isfile(p)][:1]]
+
+
+def features_options():
+    """Flags of `wsiproc features` for the optional features.* keys that are set, e.g.
+    `--mpp 0.5 --precision bf16`; unset ones come from the encoder's sidecar."""
+    keys = ("patch_size", "stride", "mpp", "precision")
+    options = config["features"]
+    return " ".join(
+        f"--{k.replace('_', '-')} {shlex.quote(str(options[k]))}"
+        for k in keys
+        if options[k] is not None
+    )
+
+
+# Files each export writes under {slide}/ (wsiproc/features/export.py), as rule outputs.
+EXPORT_FILES = {
+    "stamp": ["stamp/{slide}.h5"],
+    "slideflow": [
+        "slideflow/{slide}.pt",
+        "slideflow/{slide}.index.npz",
+        "slideflow/bags_config.json",
+    ],
+    "clam": ["clam/pt_files/{slide}.pt", "clam/h5_files/{slide}.h5"],
+}
+
+
+def features_export_outputs():
+    """The export files of one slide, as output patterns."""
+    return [
+        f"<results>/{{patient}}/{{slide}}/{name}"
+        for tool in config["features"]["exports"]
+        for name in EXPORT_FILES[tool]
+    ]
+
+
+def features_exports():
+    """`--export TOOL` for each of features.exports."""
+    return " ".join(f"--export {tool}" for tool in config["features"]["exports"])
+
+
 def mpp_mismatch():
     """`--allow-mpp-mismatch` when model.allow_mpp_mismatch is set, else nothing."""
     return "--allow-mpp-mismatch" if config["model"]["allow_mpp_mismatch"] else ""
@@ -246,6 +313,10 @@ LEVEL_FUNCTION_FILES = level_function_files()
 FALLBACK_MPP = fallback_mpp()
 MODEL_FILES = model_files()
 MPP_MISMATCH = mpp_mismatch()
+FEATURES_ENCODER_FILES = features_encoder_files()
+FEATURES_OPTIONS = features_options()
+FEATURES_EXPORT_OUTPUTS = features_export_outputs()
+FEATURES_EXPORTS = features_exports()
 HEATMAP_OUTPUT = heatmap_output()
 HEATMAP_VMIN = heatmap_limit("vmin")
 HEATMAP_VMAX = heatmap_limit("vmax")
@@ -261,6 +332,16 @@ def get_batch_size(wildcards, resources):
 def get_device(wildcards, resources):
     """--device of infer (runtime knob)."""
     return config["model"]["device"]
+
+
+def get_features_batch_size(wildcards, resources):
+    """--batch-size of features (runtime knob)."""
+    return config["features"]["batch_size"]
+
+
+def get_features_device(wildcards, resources):
+    """--device of features (runtime knob)."""
+    return config["features"]["device"]
 
 
 def get_patient_windows(wildcards):
@@ -341,6 +422,17 @@ GPU_JOB_RESOURCES = {
     for key, name in (("slurm_partition", "partition"), ("gpu_model", "gpu_model"))
     if INFER_GPUS and config["gpu_jobs"][name] is not None
 }
+# Features jobs ask for a GPU like infer: a file encoder not pinned to the CPU.
+FEATURES_GPUS = int(
+    not config["features"]["encoder"].startswith("builtin:")
+    and config["features"]["device"] != "cpu"
+)
+FEATURES_JOB_RESOURCES = {
+    key: config["gpu_jobs"][name]
+    for key, name in (("slurm_partition", "partition"), ("gpu_model", "gpu_model"))
+    if FEATURES_GPUS and config["gpu_jobs"][name] is not None
+}
+FEATURES_MEM_MB = config["features"]["mem_mb"]
 # Host memory of infer: a CPU run peaks near 1 GB with a ResNet-18-sized model
 # (docs/performance.md); a GPU run adds the CUDA context and pinned batches.
 INFER_MEM_MB = config["gpu_jobs"]["mem_mb"] if INFER_GPUS else 4000
@@ -348,7 +440,8 @@ INFER_MEM_MB = config["gpu_jobs"]["mem_mb"] if INFER_GPUS else 4000
 
 # 6. End of run -------------------------------------------------------------------------
 def print_run_summary(stage):
-    """Run `wsiproc report` (after a failure) or `wsiproc status` (after success) and print
+    """Run `wsiproc report` (after a failure), `wsiproc features-table` (after a failure, with
+    features enabled) or `wsiproc status` (after success) and print
     its lines (counts, failed slides, report path) as the run's last terminal lines.
 
     Snakemake logs its log path, elapsed time and, after a failure, its WorkflowError after
@@ -359,6 +452,8 @@ def print_run_summary(stage):
     if stage == "report":
         outputs = rules.report.output
         args += ["--out-html", outputs.html, "--out-tsv", outputs.tsv]
+    elif stage == "features-table":
+        args += ["--out", rules.features_table.output.tsv]
     # The Python that runs Snakemake has wsiproc (checked above), whatever PATH says.
     command = [sys.executable, "-m", "wsiproc", stage, *args]
     try:

@@ -18,6 +18,9 @@ STAGES = (
     "info",
     "level",
     "infer",
+    "features",
+    "features_export",
+    "features_table",
     "patient_csv",
     "heatmap",
     "qc",
@@ -46,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; return the process exit code (0 on success)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Importing one stage's module, not all nine, saves most of a second per job.
-    first = argv[0] if argv else None
+    first = argv[0].replace("-", "_") if argv else None
     parser = build_parser(first if first in STAGES else None)
     args = parser.parse_args(argv)
     try:

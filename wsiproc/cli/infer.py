@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 
+from ..precision import PRECISIONS
 from .options import add_level_options, level_spec
 
 
@@ -65,9 +66,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         default="fp32",
-        help="fp32 is exact; bf16/fp16 autocast is faster where supported",
+        help="fp32 is exact; bf16 (CPU/GPU) and fp16 (GPU) run weights and activations in that "
+        "precision; auto: bf16 where the CPU has AMX-BF16/AVX512-BF16 or the GPU supports it, "
+        "else fp32 (the choice is recorded in windows.json)",
     )
     p.add_argument(
         "--on-read-error",

@@ -1,7 +1,10 @@
 """The streaming engine: loader processes -> collector (model) -> writer process.
 
-Re-exports the extension point and the entry point, lazily: loader and writer processes
-import only their own modules, so they start fast.
+Imports run one way: ``engine`` (the orchestrator) imports ``plan``, ``pipeline``,
+``checkpoint`` and ``assemble``; the engine and the pipeline take the call as data from
+``request``; no module of the stream imports the engine. Re-exports the extension point and
+the entry point, lazily: loader and writer processes import only their own modules, so they
+start fast.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ _EXPORTS = {
     "StreamInfo": "collector",
     "StreamPiece": "collector",
     "ModelCollector": "collector",
-    "InferRequest": "engine",
+    "InferRequest": "request",
     "InferResult": "engine",
     "run_inference": "engine",
 }

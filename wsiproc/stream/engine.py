@@ -4,6 +4,10 @@ Claims the output (one writer per output), starts the process pipeline, opens th
 plans the run (:mod:`.plan`), resumes from the checkpoint, streams the remaining groups
 through loader processes -> collector (this process) -> writer process (:mod:`.pipeline`),
 then assembles the CSV (:mod:`.assemble`) and writes the run record (:mod:`wsiproc.record`).
+
+The flow is one way: the CLI builds an :class:`~.request.InferRequest` (re-exported here for
+callers), this module uses plan, pipeline, checkpoint and assemble, and none of them imports
+the engine back (a test checks the package's import graph has no cycle).
 """
 
 from __future__ import annotations
@@ -12,14 +16,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import ConfigError, WorkerError
+from ..errors import WorkerError
 from ..grid import Grid
-from ..level import LevelPlan, LevelSpec, select_level
+from ..level import LevelPlan, select_level
 from ..record import WindowsRecord, record_path
 from ..slide import Slide
 from .assemble import assemble_csv
@@ -28,37 +32,9 @@ from .collector import ModelCollector, StreamCollector, StreamInfo, make_collect
 from .lock import OutputLock
 from .pipeline import Pipeline
 from .plan import RunIdentity, file_stamp, fingerprint, plan_stream, slide_stamp, window_fractions
+from .request import ON_READ_ERROR, InferRequest, validate_request
 
-ON_READ_ERROR = ("fail", "skip")
-
-
-@dataclass
-class InferRequest:
-    """One ``wsiproc infer`` call. Sizes in processing pixels."""
-
-    slide: str
-    out: str
-    kernel_px: int
-    stride_px: int
-    spec: LevelSpec = field(default_factory=LevelSpec)
-    plan: LevelPlan | None = None
-    border: str = "valid"
-    min_tissue: float = 0.25
-    model: str = "builtin:mean-rgb"
-    collector: str | None = None
-    workers: int = 2
-    batch_size: int = 32
-    device: str = "auto"
-    precision: str = "fp32"
-    patient: str = ""
-    slide_id: str = ""
-    quiet: bool = False
-    reader: str = "auto"
-    chunk_px: int = 2048
-    threads: int | None = None
-    on_read_error: str = "fail"
-    mask: str | None = None
-    allow_mpp_mismatch: bool = False
+__all__ = ["ON_READ_ERROR", "InferRequest", "InferResult", "partial_dir", "run_inference"]
 
 
 @dataclass
@@ -91,22 +67,6 @@ def remove_stale_temp_files(csv_path: str | Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def _validate(req: InferRequest) -> None:
-    """Reject bad parameters before any work."""
-    if not 0.0 <= req.min_tissue <= 1.0:
-        raise ConfigError("min-tissue", f"must be between 0 and 1, got {req.min_tissue}")
-    if req.workers < 1:
-        raise ConfigError("workers", f"must be >= 1, got {req.workers}")
-    if req.batch_size < 1:
-        raise ConfigError("batch-size", f"must be >= 1, got {req.batch_size}")
-    if req.chunk_px < 1:
-        raise ConfigError("chunk-px", f"must be >= 1, got {req.chunk_px}")
-    if req.on_read_error not in ON_READ_ERROR:
-        raise ConfigError(
-            "on-read-error", f"must be one of {', '.join(ON_READ_ERROR)}, got {req.on_read_error!r}"
-        )
 
 
 def _log(req: InferRequest, text: str) -> None:
@@ -150,7 +110,7 @@ def run_inference(req: InferRequest) -> InferResult:
         or another run writing the same output. Finished groups stay checkpointed, so
         rerunning the same command continues.
     """
-    _validate(req)
+    validate_request(req)
     with _TerminateOnSignal(), OutputLock(req.out):
         for tmp in remove_stale_temp_files(req.out):
             _log(req, f"removed {tmp}, left by a killed run")
@@ -216,6 +176,11 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             tile_px=tile_px,
         )
         collector, source, device, gpu = _make_collector(req)
+        # Resolved once (auto -> bf16/fp32) by the model; built-ins and collectors compute as
+        # written, so auto means fp32 for them.
+        precision = getattr(getattr(collector, "model", None), "precision", None) or (
+            "fp32" if req.precision == "auto" else req.precision
+        )
         names = list(collector.output_names)
         width = len(names)
         identity = RunIdentity(
@@ -229,7 +194,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             model_identity=collector.identity(),
             outputs=tuple(names),
             batch_size=req.batch_size,
-            precision=req.precision,
+            precision=precision,
             device=device,
             reader=slide.reader,
             chunk_px=req.chunk_px,
@@ -275,17 +240,32 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             todo, collector, ckpt, ckpt.fingerprint, width, resumed, n_keep, ckpt.add_read_failures
         )
     t_assemble = time.monotonic()
-    processed = assemble_csv(
-        req.out,
-        grid=grid,
-        level=plan.level,
-        ckpt=ckpt,
-        groups=stream.groups,
-        tissue=stream.tissue,
-        names=names,
-        patient=req.patient,
-        slide_id=slide_id,
-    )
+    if req.output == "h5":  # encoder embeddings: the features file (wsiproc.features)
+        from ..features.h5file import assemble_h5
+
+        processed = assemble_h5(
+            req.out,
+            grid=grid,
+            plan=plan,
+            info=info,
+            ckpt=ckpt,
+            groups=stream.groups,
+            tissue=stream.tissue,
+            encoder=getattr(collector, "model", None),
+            slide_id=slide_id,
+        )
+    else:
+        processed = assemble_csv(
+            req.out,
+            grid=grid,
+            level=plan.level,
+            ckpt=ckpt,
+            groups=stream.groups,
+            tissue=stream.tissue,
+            names=names,
+            patient=req.patient,
+            slide_id=slide_id,
+        )
     read_errors = ckpt.read_failures()
     if read_errors.windows:
         _warn(
@@ -334,7 +314,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         l0_bounds_height=info.l0_bounds.height,
         device=device,
         gpu=gpu,
-        precision=req.precision,
+        precision=precision,
         mpp_source=plan.mpp_source,
         read_errors=read_errors,
         elapsed_s=round(elapsed, 3),
@@ -383,8 +363,10 @@ def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str |
         return make_collector(req.collector), f"collector:{req.collector}", "collector", None
     from ..models import BUILTIN_PREFIX, load_model, resolve_device
 
+    features = req.output == "h5"
     # Built-in models run in numpy: do not pay torch's import for them.
-    device = "cpu" if req.model.startswith(BUILTIN_PREFIX) else resolve_device(req.device)
+    numpy_model = req.model.startswith(BUILTIN_PREFIX) and not features
+    device = "cpu" if numpy_model else resolve_device(req.device)
     gpu = None
     if device == "cuda":  # a free GPU of this machine, held until the process exits
         from ..gpus import claim_process_gpu
@@ -393,5 +375,10 @@ def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str |
         if claim.note:
             _warn(claim.note)
         device, gpu = claim.device, claim.device_id
+    if features:  # a patch encoder (sidecar-validated), same collector
+        from ..features.encoder import Encoder
+
+        encoder = Encoder(req.model, device=device, precision=req.precision)
+        return ModelCollector(encoder), req.model, device, gpu
     model = load_model(req.model, kernel_px=req.kernel_px, device=device, precision=req.precision)
     return ModelCollector(model), req.model, device, gpu

@@ -4,6 +4,9 @@ shared-memory slots and their teardown.
 The only place that creates processes and shared memory. Every wait is bounded: a dead or
 stuck child becomes a :class:`~wsiproc.errors.WorkerError` within seconds, never a hang, and
 :meth:`Pipeline.close` frees every process and the shared memory whatever happened.
+
+Driven by the engine, never importing it: it takes the :class:`~.request.InferRequest` and
+the planned groups, and hands back only what the writer committed (the checkpoint).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -34,11 +37,9 @@ from .messages import (
     WindowBatch,
     WriterClose,
 )
+from .request import InferRequest
 from .shm import SlotPool
 from .writer import run_writer
-
-if TYPE_CHECKING:
-    from .engine import InferRequest
 
 WRITER_CLOSE_TIMEOUT_S = 120.0
 """Longest wait for the writer to commit its last groups after the end of the stream: the

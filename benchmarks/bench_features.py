@@ -1,0 +1,167 @@
+"""Measure ``wsiproc features`` against the encoder's own throughput, all in one run.
+
+Generates its own slides (bench_engine's JPEG pyramidal TIFF at 0.25 µm/px, ~40% tissue),
+builds a randomly initialised ViT-B/16 (86 M parameters, the architecture of Phikon and
+CONCH v1.5's tower) in pure torch and exports it to TorchScript with its sidecar (224 px,
+0.5 µm/px, class token, 768 dims), then measures:
+
+* the encoder's best forward throughput: the TorchScript module alone on a float batch
+  already on the device, and through wsiproc's encoder path (uint8 -> normalised -> module);
+* ``wsiproc features`` end to end on the same machine (loaders, tissue gating, checkpoint,
+  h5 assembly), with the assembly time against the stream time;
+* peak RSS of the process tree for a slide and one with 4x the pixels (``builtin:tiny``,
+  so that the 4x run stays short: the encoder's weights are a constant, the question is
+  whether memory grows with N).
+
+Prints a table; ``--json PATH`` writes every figure. Ratios matter, not seconds.
+
+Usage: flock /tmp/wsiproc-bench.lock python benchmarks/bench_features.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+
+from _encoders import ViT, seeded, sidecar, write_encoder  # noqa: E402
+from bench_engine import TreeRSS, make_slide  # noqa: E402
+
+BATCH = 32
+WORKERS = 2
+PATCH = 224
+
+
+def build_vit_b(path: Path, precision: str) -> Path:
+    """ViT-B/16 at 224 px as TorchScript, sidecar beside it."""
+    side = sidecar("vit-b16-random", PATCH, 768, pooling="cls", precision=precision)
+    return write_encoder(path, seeded(ViT, 768, 12, 12, 16, PATCH), side)
+
+
+def forward_limits(encoder_path: Path, precision: str) -> dict:
+    """Patches/s of the module alone (float input on the device) and of the encoder path."""
+    import torch
+
+    from wsiproc.features.encoder import Encoder
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    enc = Encoder(str(encoder_path), device="cpu", precision=precision)
+    pixels = np.random.default_rng(0).integers(0, 255, (BATCH, PATCH, PATCH, 3), dtype=np.uint8)
+    x = torch.rand(BATCH, 3, PATCH, PATCH, dtype=enc.dtype)
+    rounds = 3
+
+    def best(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return BATCH / min(times)
+
+    with torch.inference_mode():
+        module_pps = best(lambda: enc.module(x))
+    encoder_pps = best(lambda: enc(pixels))
+    return {"module_pps": module_pps, "encoder_pps": encoder_pps}
+
+
+def run_features(slide: Path, out: Path, encoder: str, precision: str) -> dict:
+    """``wsiproc features`` as a user runs it; peak RSS of its process tree."""
+    cmd = [
+        sys.executable, "-m", "wsiproc", "features", str(slide), "--encoder", encoder,
+        "--out", str(out), "--workers", str(WORKERS), "--batch-size", str(BATCH),
+        "--threads", str(os.cpu_count() or 1), "--device", "cpu", "--precision", precision,
+        "--quiet",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    rss = TreeRSS(proc.pid)
+    _, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    peak = rss.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"wsiproc features failed: {err.strip()}")
+    meta = json.loads(out.with_suffix(".json").read_text())
+    n = meta["windows_processed"]
+    t = meta["timings_s"]
+    return {
+        "patches": n,
+        "wall_s": wall,
+        "timings_s": t,
+        "pps_stream": n / t["stream"] if t["stream"] else None,
+        "pps_wall": n / wall,
+        "assemble_over_stream": t["assemble"] / t["stream"] if t["stream"] else None,
+        "h5_mb": out.stat().st_size / 2**20,
+        "peak_rss_mb": peak / 2**20,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--precision", default="fp32", help="fp32 (no AMX here) or bf16")
+    parser.add_argument("--side", type=int, default=8000, help="level-0 side of the 1x slide")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
+        work = Path(tmp)
+        slide = make_slide(work / "slide.tif", args.side, args.side, seed=21)
+        slide4 = make_slide(work / "slide4.tif", 2 * args.side, 2 * args.side, seed=22)
+        vit = build_vit_b(work / "vit_b16.pt", args.precision)
+        limits = forward_limits(vit, args.precision)
+        e2e = run_features(slide, work / "vit" / "features.h5", str(vit), args.precision)
+        small = run_features(slide, work / "t1" / "features.h5", "builtin:tiny", "fp32")
+        big = run_features(slide4, work / "t4" / "features.h5", "builtin:tiny", "fp32")
+    res = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other users)",
+        "precision": args.precision,
+        "forward": limits,
+        "vit_b16": e2e,
+        "ratio_stream_over_module": e2e["pps_stream"] / limits["module_pps"],
+        "ratio_stream_over_encoder": e2e["pps_stream"] / limits["encoder_pps"],
+        "ratio_wall_over_module": e2e["pps_wall"] / limits["module_pps"],
+        "rss_tiny_1x": small,
+        "rss_tiny_4x": big,
+        "rss_growth_4x": big["peak_rss_mb"] / small["peak_rss_mb"],
+    }
+    rows = [
+        ("ViT-B/16 module alone", f"{limits['module_pps']:.2f} patches/s"),
+        ("ViT-B/16 through the encoder path", f"{limits['encoder_pps']:.2f} patches/s"),
+        (
+            f"wsiproc features, stream ({e2e['patches']} patches)",
+            f"{e2e['pps_stream']:.2f} patches/s "
+            f"(x{res['ratio_stream_over_module']:.2f} of the module)",
+        ),
+        ("wsiproc features, wall incl. start-up", f"{e2e['pps_wall']:.2f} patches/s"),
+        (
+            "h5 assembly / stream",
+            f"{e2e['timings_s']['assemble']:.3f} s / {e2e['timings_s']['stream']:.1f} s "
+            f"({100 * e2e['assemble_over_stream']:.2f}%)",
+        ),
+        (
+            "peak RSS 1x / 4x pixels (builtin:tiny)",
+            f"{small['peak_rss_mb']:.0f} / {big['peak_rss_mb']:.0f} MB "
+            f"(x{res['rss_growth_4x']:.2f}; N {small['patches']} / {big['patches']})",
+        ),
+        ("peak RSS, ViT-B/16 run", f"{e2e['peak_rss_mb']:.0f} MB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""Patch encoders: a TorchScript / ``torch.export`` file with its sidecar, or the built-in one.
+
+An encoder maps uint8 RGB patches (n, p, p, 3) to float32 embeddings (n, D). Conversion,
+normalisation and resizing run on the encoder's device in its precision; embeddings leave as
+float32. It implements the :class:`wsiproc.models.Model` protocol, so the engine's
+``ModelCollector`` runs it unchanged. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError, one_line
+from ..models import BUILTIN_PREFIX, file_sha256
+from ..precision import prepare_module, resolve_precision, torch_dtype
+from .sidecar import EncoderSpec, read_spec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BUILTIN_TINY = EncoderSpec(
+    name="builtin:tiny",
+    input_size=224,
+    mpp=0.5,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    output_dim=128,
+)
+BUILTINS = {"builtin:tiny": BUILTIN_TINY}
+
+
+def builtin_module() -> Any:
+    """The ``builtin:tiny`` network with weights drawn from a fixed seed (no download).
+
+    A 16-px patchify convolution (as a ViT-B/16 stem, 32 channels), a 3x3 convolution to 64
+    channels, GELUs, then mean and max pooling: 128 dims that respond to colour and texture,
+    enough for the demo and tests, and cheap on a CPU.
+    """
+    import torch
+    from torch import nn
+
+    class TinyEncoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 32, 16, stride=16)
+            self.mix = nn.Conv2d(32, 64, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = nn.functional.gelu(self.stem(x))
+            h = nn.functional.gelu(self.mix(h))
+            return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+
+    module = TinyEncoder().eval()
+    gen = torch.Generator().manual_seed(15)
+    with torch.no_grad():
+        for param in module.parameters():
+            fan_in = math.prod(param.shape[1:]) if param.ndim > 1 else param.shape[0]
+            param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(fan_in))
+    return module
+
+
+def _module_sha256(module: Any) -> str:
+    """Hash of a module's weights, the built-in encoder's counterpart of a file hash."""
+    h = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Encoder:
+    """A loaded patch encoder on one device, in one precision.
+
+    Lives in the collector process (the one that called the engine) and owns the module and
+    its device memory; not picklable, not thread-safe. ``source`` is what the user named,
+    ``spec`` the validated sidecar, ``precision`` the resolved one (never ``auto``).
+    """
+
+    def __init__(self, source: str, *, device: str = "cpu", precision: str | None = None) -> None:
+        import torch
+
+        self.source = source
+        if source.startswith(BUILTIN_PREFIX):
+            if source not in BUILTINS:
+                raise ModelError(source, f"unknown built-in encoder (known: {', '.join(BUILTINS)})")
+            self.spec, self.sidecar = BUILTINS[source], None
+            module: Any = builtin_module()
+            self.sha256 = _module_sha256(module)
+        else:
+            path = Path(source)
+            self.spec, self.sidecar = read_spec(path)
+            module = _load_file(path)
+            self.sha256 = file_sha256(path)
+        requested = precision or self.spec.precision
+        if requested not in ("fp32", "bf16", "fp16", "auto"):
+            raise ConfigError("precision", f"must be fp32, bf16, fp16 or auto, got {requested!r}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
+        self.precision = resolve_precision(requested, device)
+        self.dtype = torch_dtype(self.precision)
+        self.input_size = self.spec.input_size
+        example = torch.zeros(1, 3, self.input_size, self.input_size, dtype=self.dtype)
+        self.module = prepare_module(module, self.precision, self.device, example, source=source)
+        self._mean = torch.tensor(self.spec.mean, dtype=self.dtype, device=self.device)
+        self._std = torch.tensor(self.spec.std, dtype=self.dtype, device=self.device)
+        self._mean, self._std = self._mean.view(1, 3, 1, 1), self._std.view(1, 3, 1, 1)
+        d = self.spec.output_dim
+        self.output_shape: tuple[int, ...] = (d,)
+        self.output_names = [f"feat_{i}" for i in range(d)]
+        self._probe()
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder({self.source!r}, name={self.spec.name!r}, dim={self.spec.output_dim}, "
+            f"device={str(self.device)!r}, precision={self.precision!r})"
+        )
+
+    def _where(self, key: str) -> str:
+        """The file to name for a sidecar key (the source itself for built-ins)."""
+        return f"{self.sidecar}: key {key!r}" if self.sidecar else f"{self.source}: {key}"
+
+    def _probe(self) -> None:
+        """Run two white patches: refuse a model whose output disagrees with the sidecar."""
+        white = np.full((2, self.spec.patch_size, self.spec.patch_size, 3), 255, np.uint8)
+        self(white)
+
+    def identity(self) -> str:
+        """Changes whenever the embeddings could (weights, sidecar, precision)."""
+        spec = self.spec.to_dict()
+        return json.dumps({"sha256": self.sha256, "spec": spec, "precision": self.precision})
+
+    def _pool(self, y: Any) -> Any:
+        """(n, D) from the module's raw output, by the sidecar's pooling."""
+        import torch
+
+        if isinstance(y, (tuple, list)):
+            y = y[0]
+        if not isinstance(y, torch.Tensor):
+            problem = f"returned a {type(y).__name__}, expected a tensor"
+            raise ModelError(self.source, problem)
+        pooling = self.spec.pooling
+        if y.ndim == 2:
+            return y
+        if y.ndim == 3 and pooling != "none":
+            cls = y[:, 0]
+            mean = y[:, self.spec.prefix_tokens :].mean(dim=1)
+            return {"cls": cls, "mean": mean, "cls+mean": torch.cat([cls, mean], dim=1)}[pooling]
+        if y.ndim == 4 and pooling == "mean":
+            return y.mean(dim=(2, 3))
+        shape = tuple(y.shape)
+        raise ModelError(
+            self._where("pooling"),
+            f"the model returns shape {shape}; set pooling to cls, mean or cls+mean for tokens "
+            "(n, T, D), or mean for maps (n, D, h, w)",
+        )
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """Embeddings (n, D) float32 of uint8 patches (n, p, p, 3).
+
+        Raises
+        ------
+        ModelError
+            The dimension disagrees with the sidecar's ``output_dim``, or an embedding holds NaN
+            or infinity.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(windows))
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            x = x.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
+            x = (x - self._mean) / self._std
+            if x.shape[-1] != self.input_size:
+                x = F.interpolate(
+                    x,
+                    size=(self.input_size, self.input_size),
+                    mode=self.spec.interpolation,
+                    antialias=True,
+                    align_corners=False,
+                )
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = self._pool(self.module(x)).float()
+            out = y.cpu().numpy()
+        if out.shape[1] != self.spec.output_dim:
+            raise ModelError(
+                self._where("output_dim"),
+                f"says {self.spec.output_dim}, but {self.source} returns {out.shape[1]} dims",
+            )
+        finite = np.isfinite(out).all(axis=1)
+        if not finite.all():
+            raise ModelError(
+                self.source,
+                f"{int((~finite).sum())} of {len(out)} embeddings hold NaN or infinity "
+                f"(precision {self.precision}); nothing written",
+            )
+        return out
+
+
+def _load_file(path: Path) -> Any:
+    """A TorchScript module or a ``torch.export`` program (``.pt2``) on the CPU, in eval mode."""
+    import torch
+
+    quiet = logging.getLogger("torch.export")  # it logs a traceback before raising
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        if path.suffix == ".pt2":
+            return torch.export.load(str(path)).module()
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:  # noqa: BLE001 - any load failure is a model error
+        kind = "torch.export program" if path.suffix == ".pt2" else "TorchScript model"
+        raise ModelError(str(path), f"not a loadable {kind}: {one_line(exc)}") from exc
+    finally:
+        quiet.setLevel(level)
+
+
+def encoder_spec(source: str) -> EncoderSpec:
+    """The sidecar of ``source`` (or a built-in's spec) without loading torch or the weights."""
+    if source.startswith(BUILTIN_PREFIX):
+        if source not in BUILTINS:
+            raise ModelError(source, f"unknown built-in encoder (known: {', '.join(BUILTINS)})")
+        return BUILTINS[source]
+    return read_spec(Path(source))[0]
