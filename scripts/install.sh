@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import wsiproc, torch, snakemake, snakemake_executor_plugin_slurm, openslide, pyvips, pytest, websocket, pydicom" 2>/dev/null; then
+if ! .venv/bin/python -c "import wsiproc, torch, h5py, snakemake, snakemake_executor_plugin_slurm, openslide, pyvips, pytest, websocket, pydicom" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet "torch==2.13.0"
     .venv/bin/python -m pip install --quiet -e ".[test]"

@@ -63,6 +63,9 @@ def demo_config(directory: Path) -> dict[str, object]:
             "encoder": "builtin:tiny",
             "exports": ["stamp", "slideflow", "clam"],
         },
+        # A slide model on those features: the built-in demonstration ABMIL (seeded weights,
+        # not trained), so the run shows predictions and attention heatmaps end to end.
+        "slide_model": {"enabled": True, "model": "builtin:abmil-demo"},
     }
 
 

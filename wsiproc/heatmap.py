@@ -151,6 +151,30 @@ def centre_on_windows(values: np.ndarray, factor: int, shift: int) -> np.ndarray
     return out
 
 
+COLOR_SCALES = ("value", "rank")
+"""How the RGB TIFF maps values to colours: the values themselves, or their per-slide rank."""
+
+
+def percentile_rank(band: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each value's rank among the finite ``reference`` values, in (0, 1]; NaN stays NaN.
+
+    The share of reference values <= each value (``scipy.stats.percentileofscore`` with
+    ``kind="weak"``, over 100), as CLAM colours attention: a slide's map then spans the whole
+    colour scale however peaked its scores are. The float TIFF keeps the raw values.
+
+    Examples
+    --------
+    >>> percentile_rank(np.array([[1.0, 5.0, np.nan]]), np.array([1.0, 2.0, 5.0, 9.0]))
+    array([[0.25, 0.75,  nan]], dtype=float32)
+    """
+    ref = np.sort(reference[np.isfinite(reference)].astype(np.float64))
+    out = np.full(band.shape, np.nan, dtype=np.float32)
+    if ref.size:
+        finite = np.isfinite(band)
+        out[finite] = np.searchsorted(ref, band[finite], side="right") / ref.size
+    return out
+
+
 def pixel_size_um(meta: WindowsRecord) -> tuple[float, float] | None:
     """(x, y) size in µm of one raster pixel: ``stride · proc_mpp / (w, h)``; None if mpp unknown.
 

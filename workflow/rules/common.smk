@@ -170,6 +170,7 @@ def get_final_outputs():
         *expand(rules.patient_csv.output.csv, patient=list(PATIENT_SLIDES)),
         *rules.report.output,
         *(get_features_outputs() if config["features"]["enabled"] else []),
+        *(get_slide_model_outputs() if config["slide_model"]["enabled"] else []),
     ]
 
 
@@ -180,6 +181,27 @@ def get_features_outputs(wildcards=None):
         *expand(list(rules.features.output), zip, **per_slide),
         rules.features_table.output.tsv,
     ]
+
+
+def get_slide_model_outputs():
+    """Targets of the slide model: every slide's prediction and attention heatmaps, the
+    cohort's predictions.tsv and patient_predictions.tsv."""
+    per_slide = {"patient": list(samples["patient"]), "slide": list(samples["slide"])}
+    return [
+        *expand(list(rules.slide_predict.output), zip, **per_slide),
+        *expand(list(rules.attention_heatmap.output), zip, **per_slide),
+        *rules.predictions.output,
+    ]
+
+
+def get_all_slide_predictions(wildcards):
+    """slide.json of every slide, in sheet order (written last by slide_predict)."""
+    return expand(
+        rules.slide_predict.output.json,
+        zip,
+        patient=list(samples["patient"]),
+        slide=list(samples["slide"]),
+    )
 
 
 def get_all_features(wildcards):
@@ -251,6 +273,15 @@ def features_encoder_files():
     return [encoder, *[p for p in sidecars if os.path.isfile(p)][:1]]
 
 
+def slide_model_files():
+    """The slide model file and its sidecar as inputs: a new model reruns slide_predict."""
+    model = config["slide_model"]["model"]
+    if model.startswith("builtin:"):
+        return []
+    sidecars = [f"{model}.json", f"{os.path.splitext(model)[0]}.json"]
+    return [model, *[p for p in sidecars if os.path.isfile(p)][:1]]
+
+
 def features_options():
     """Flags of `wsiproc features` for the optional features.* keys that are set, e.g.
     `--mpp 0.5 --precision bf16`; unset ones come from the encoder's sidecar."""
@@ -317,6 +348,17 @@ FEATURES_ENCODER_FILES = features_encoder_files()
 FEATURES_OPTIONS = features_options()
 FEATURES_EXPORT_OUTPUTS = features_export_outputs()
 FEATURES_EXPORTS = features_exports()
+SLIDE_MODEL_FILES = slide_model_files()
+SLIDE_MODEL_ENCODER_FLAG = (
+    "--allow-encoder-mismatch"
+    if config["slide_model"]["allow_encoder_mismatch"]
+    else ""
+)
+SLIDE_MODEL_HEAD = (
+    f"--output {config['slide_model']['heads']}"
+    if config["slide_model"]["heads"]
+    else ""
+)
 HEATMAP_OUTPUT = heatmap_output()
 HEATMAP_VMIN = heatmap_limit("vmin")
 HEATMAP_VMAX = heatmap_limit("vmax")
@@ -342,6 +384,11 @@ def get_features_batch_size(wildcards, resources):
 def get_features_device(wildcards, resources):
     """--device of features (runtime knob)."""
     return config["features"]["device"]
+
+
+def get_slide_model_device(wildcards, resources):
+    """--device of slide_predict (runtime knob)."""
+    return config["slide_model"]["device"]
 
 
 def get_patient_windows(wildcards):
@@ -454,6 +501,9 @@ def print_run_summary(stage):
         args += ["--out-html", outputs.html, "--out-tsv", outputs.tsv]
     elif stage == "features-table":
         args += ["--out", rules.features_table.output.tsv]
+    elif stage == "predictions":
+        outputs = rules.predictions.output
+        args += ["--out", outputs.tsv, "--patients-out", outputs.patients]
     # The Python that runs Snakemake has wsiproc (checked above), whatever PATH says.
     command = [sys.executable, "-m", "wsiproc", stage, *args]
     try:

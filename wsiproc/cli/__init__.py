@@ -23,6 +23,8 @@ STAGES = (
     "features_table",
     "patient_csv",
     "heatmap",
+    "slide_predict",
+    "predictions",
     "qc",
     "report",
     "status",
@@ -49,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; return the process exit code (0 on success)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Importing one stage's module, not all nine, saves most of a second per job.
-    first = argv[0].replace("-", "_") if argv else None
+    first = argv[0].replace("-", "_") if argv else None  # slide-predict -> cli/slide_predict.py
     parser = build_parser(first if first in STAGES else None)
     args = parser.parse_args(argv)
     try:

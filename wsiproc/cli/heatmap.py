@@ -18,11 +18,13 @@ from ..colormap import COLORMAP_NAMES, DEFAULT_COLORMAP, colorize, lookup_table,
 from ..errors import ConfigError
 from ..geojson import FeatureWriter
 from ..heatmap import (
+    COLOR_SCALES,
     MODES,
     WindowGrid,
     average_windows,
     centre_on_windows,
     centring,
+    percentile_rank,
     pixel_size_um,
     window_span,
     write_tiff,
@@ -66,6 +68,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_COLORMAP,
         choices=COLORMAP_NAMES,
         help=f"colours of the RGB TIFF (default: {DEFAULT_COLORMAP})",
+    )
+    p.add_argument(
+        "--color-scale",
+        choices=COLOR_SCALES,
+        default="value",
+        help="value: colours follow the values; rank: their per-slide percentile rank, "
+        "--vmin/--vmax then in [0, 1] (attention maps, as CLAM); the float TIFF keeps values",
     )
     p.add_argument(
         "--vmin", type=float, help="value of the lowest colour (default: 1st percentile)"
@@ -131,12 +140,18 @@ def run(args: argparse.Namespace) -> int:
     if tissue_cells.any():
         h, w = meta.block_shape
         window_band = window_band[np.kron(tissue_cells, np.ones((h, w), dtype=bool))]
-    vmin, vmax = value_range(window_band, vmin=args.vmin, vmax=args.vmax)
+    if args.color_scale == "rank":
+        band = percentile_rank(band, window_band)
+        vmin = 0.0 if args.vmin is None else args.vmin  # ranks span [0, 1]
+        vmax = 1.0 if args.vmax is None else args.vmax
+    else:
+        vmin, vmax = value_range(window_band, vmin=args.vmin, vmax=args.vmax)
     common = {"wsiproc": __version__, "mode": args.mode, "pixel_size_um": pixel_um}
     common["window_pixels"] = {"factor": factor, "shift": shift}
     value_desc = {**common, "bands": list(meta.output_names), "stride": meta.stride}
     write_tiff(args.out, raster, pixel_um=pixel_um, description=json.dumps(value_desc))
     rgb_desc = {**common, "output": name, "vmin": vmin, "vmax": vmax, "colormap": args.colormap}
+    rgb_desc["color_scale"] = args.color_scale
     rgba = colorize(band, lut, vmin, vmax)
     write_tiff(args.rgb_out, rgba, pixel_um=pixel_um, description=json.dumps(rgb_desc))
     rows, cols = raster.shape[:2]
