@@ -4,6 +4,7 @@
 # (the config check of a model's resolution borrows wsiproc's own function, not a copy).
 import atexit
 import importlib.metadata
+import inspect
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ import sys
 import jsonschema
 import pandas as pd
 import yaml
+from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -161,6 +163,17 @@ wildcard_constraints:
 
 
 # 4. Helpers ---------------------------------------------------------------------------
+def per_job(func):
+    """Mark a function that Snakemake calls for every job (input, param or resource).
+
+    Snakemake looks up which arguments a function takes (inspect.signature) on every call,
+    twice per job and function: at 1,000 slides a ninth of the planning time (cProfile).
+    Recording the signature once, with Snakemake's own hook for wrapped functions, skips it.
+    """
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
+
+
 def get_final_outputs():
     """Targets of the default rule: per-slide heatmaps and QC, patient CSVs, the report."""
     per_slide = {"patient": list(samples["patient"]), "slide": list(samples["slide"])}
@@ -194,6 +207,7 @@ def get_slide_model_outputs():
     ]
 
 
+@per_job
 def get_all_slide_predictions(wildcards):
     """slide.json of every slide, in sheet order (written last by slide_predict)."""
     return expand(
@@ -204,6 +218,7 @@ def get_all_slide_predictions(wildcards):
     )
 
 
+@per_job
 def get_all_features(wildcards):
     """features.json of every slide, in sheet order (written after its features.h5)."""
     return expand(
@@ -214,6 +229,7 @@ def get_all_features(wildcards):
     )
 
 
+@per_job
 def get_slide(wildcards):
     """The slide file of one sheet row."""
     try:
@@ -242,6 +258,7 @@ def level_function_files():
     return [source] if source.endswith(".py") else []
 
 
+@per_job
 def get_slide_mpp(wildcards):
     """`--slide-mpp M` from the sheet's mpp cell (overrides the slide's metadata), or nothing."""
     mpp = SLIDE_MPP[wildcards.slide]
@@ -366,37 +383,44 @@ HEATMAP_VMAX = heatmap_limit("vmax")
 
 # Runtime knobs: these take `resources`, which makes Snakemake treat them as derived and
 # leave them out of the params rerun trigger. Changing them never reruns anything.
+@per_job
 def get_batch_size(wildcards, resources):
     """--batch-size of infer (runtime knob)."""
     return config["model"]["batch_size"]
 
 
+@per_job
 def get_device(wildcards, resources):
     """--device of infer (runtime knob)."""
     return config["model"]["device"]
 
 
+@per_job
 def get_features_batch_size(wildcards, resources):
     """--batch-size of features (runtime knob)."""
     return config["features"]["batch_size"]
 
 
+@per_job
 def get_features_device(wildcards, resources):
     """--device of features (runtime knob)."""
     return config["features"]["device"]
 
 
+@per_job
 def get_slide_model_device(wildcards, resources):
     """--device of slide_predict (runtime knob)."""
     return config["slide_model"]["device"]
 
 
+@per_job
 def get_patient_windows(wildcards):
     """windows.csv of every slide of one patient, in sheet order."""
     slides = PATIENT_SLIDES[wildcards.patient]
     return expand(rules.infer.output.csv, patient=wildcards.patient, slide=slides)
 
 
+@per_job
 def get_all_qc(wildcards):
     """qc.json of every slide, in sheet order."""
     return expand(
@@ -407,6 +431,7 @@ def get_all_qc(wildcards):
     )
 
 
+@per_job
 def get_all_heatmaps(wildcards):
     """heatmap_rgb.tif of every slide: the report counts a slide as done only with it."""
     return expand(
@@ -417,16 +442,19 @@ def get_all_heatmaps(wildcards):
     )
 
 
+@per_job
 def get_sheet(wildcards=None):
     """The sample sheet: an input of `report` (editing it reruns the report), and `--sheet`."""
     return SHEET
 
 
+@per_job
 def get_outdir(wildcards=None):
     """`--results` of `wsiproc report` and `wsiproc status`: the results directory."""
     return config["outdir"]
 
 
+@per_job
 def get_logdir(wildcards=None):
     """`--logs` of `wsiproc report` and `wsiproc status`: the log directory."""
     return config["logdir"]
@@ -445,6 +473,7 @@ def attempt_scaled(amount):
     """A resource that grows with each attempt: a job killed for memory (or time) is
     retried with two, then three times as much (the SLURM profile sets `retries`)."""
 
+    @per_job
     def scaled(wildcards, attempt):
         return amount * attempt
 
@@ -461,6 +490,10 @@ JOB_GROUP = {
     "heatmap": None if INFER_GPUS else "slide",
     "qc": None if INFER_GPUS else "slide",
 }
+
+# The `gpu` resource of a job: claimed only by jobs that need one. A `gpu=0` resource would
+# be evaluated for every job while planning, for nothing.
+GPU_CLAIM = {0: {}, 1: {"gpu": 1}}
 
 # Partition and GPU model of the GPU job (config gpu_jobs), if set; jobs of one group must
 # ask for the same partition, so level selection gets it too.
