@@ -175,15 +175,26 @@ def per_job(func):
 
 
 def get_final_outputs():
-    """Targets of the default rule: per-slide heatmaps and QC, patient CSVs, the report."""
+    """Targets of the default rule: per slide one output of each last job (heatmap, qc and,
+    when enabled, features and attention heatmap), patient CSVs and the cohort tables.
+
+    One file per job is enough: a job in the DAG reruns when any of its outputs is missing.
+    Every output would triple the default rule's inputs, which Snakemake checks and formats
+    (three times per dry run) like any job's.
+    """
     per_slide = {"patient": list(samples["patient"]), "slide": list(samples["slide"])}
+    markers = [rules.heatmap.output.tif, rules.qc.output.json]
+    tables = [*rules.report.output]
+    if config["features"]["enabled"]:
+        markers.append(rules.features.output.h5)
+        tables.append(rules.features_table.output.tsv)
+    if config["slide_model"]["enabled"]:
+        markers.append(rules.attention_heatmap.output.rgb)
+        tables.extend(rules.predictions.output)
     return [
-        *expand(list(rules.heatmap.output), zip, **per_slide),
-        *expand(list(rules.qc.output), zip, **per_slide),
+        *(path for marker in markers for path in expand(marker, zip, **per_slide)),
         *expand(rules.patient_csv.output.csv, patient=list(PATIENT_SLIDES)),
-        *rules.report.output,
-        *(get_features_outputs() if config["features"]["enabled"] else []),
-        *(get_slide_model_outputs() if config["slide_model"]["enabled"] else []),
+        *tables,
     ]
 
 
@@ -193,17 +204,6 @@ def get_features_outputs(wildcards=None):
     return [
         *expand(list(rules.features.output), zip, **per_slide),
         rules.features_table.output.tsv,
-    ]
-
-
-def get_slide_model_outputs():
-    """Targets of the slide model: every slide's prediction and attention heatmaps, the
-    cohort's predictions.tsv and patient_predictions.tsv."""
-    per_slide = {"patient": list(samples["patient"]), "slide": list(samples["slide"])}
-    return [
-        *expand(list(rules.slide_predict.output), zip, **per_slide),
-        *expand(list(rules.attention_heatmap.output), zip, **per_slide),
-        *rules.predictions.output,
     ]
 
 

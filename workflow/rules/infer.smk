@@ -80,8 +80,8 @@ rule patient_csv:
         mem_mb=2000,
         runtime=10,
     params:
-        sheet=SHEET,
-        results=config["outdir"],
+        sheet=get_sheet,
+        results=get_outdir,
         version=WSIPROC_VERSION,
     shell:
         r"""
