@@ -129,3 +129,21 @@ def test_engine_still_exports_the_request():
     from wsiproc.stream.request import InferRequest as defined
 
     assert InferRequest is defined is lazy
+
+
+def test_builtin_model_run_loads_neither_scipy_nor_pandas_nor_torch(tiff_slide, tmp_path):
+    """A ``builtin:`` run with tissue detection pays for none of the heavy imports (issue 17:
+    start-up dominates small slides)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "windows.csv"
+    code = (
+        "import sys; from wsiproc.cli import main; "
+        f"rc = main(['infer', {str(tiff_slide)!r}, '--out', {str(out)!r}, '--kernel-size', "
+        "'64', '--stride', '64', '--workers', '1', '--quiet']); "
+        "print(rc, sorted(m for m in ('scipy', 'pandas', 'torch') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split("\n")[0] == "0 []", proc.stdout + proc.stderr
+    assert out.exists()

@@ -427,3 +427,15 @@ def test_qc_escapes_text_and_warns_without_mask(cohort, caplog):
     assert "no tissue mask" in caplog.text
     page = out.with_suffix(".html").read_text()
     assert "<b>P&1</b>" not in page and "&lt;b&gt;P&amp;1&lt;/b&gt;" in page
+
+
+def test_qc_shows_the_precision_windows_json_records(cohort):
+    """Issue 17: the resolved precision reaches qc.json and the page; old records lack it."""
+    code, out = run_qc(cohort["clean"])
+    assert code == 0 and json.loads(out.read_text())["precision"] is None
+    meta_path = cohort["clean"]["dir"] / "windows.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "precision": "bf16"}))
+    code, out = run_qc(cohort["clean"])
+    assert code == 0 and json.loads(out.read_text())["precision"] == "bf16"
+    assert "<th>Precision</th><td>bf16</td>" in out.with_suffix(".html").read_text()

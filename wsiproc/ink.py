@@ -35,6 +35,23 @@ INK_MARGIN_PX = 1
 tissue or glass colour) is ink too."""
 
 
+def channel_max(rgb: np.ndarray) -> np.ndarray:
+    """``rgb.max(axis=-1)`` of an (..., 3) array, several times faster: numpy reduces a last
+    axis of 3 element by element, but compares whole planes in one pass.
+
+    Examples
+    --------
+    >>> channel_max(np.array([[1, 5, 3]], np.uint8)).tolist(), channel_min(np.array([[4, 2, 6]]))
+    ([5], array([2]))
+    """
+    return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
+def channel_min(rgb: np.ndarray) -> np.ndarray:
+    """``rgb.min(axis=-1)`` of an (..., 3) array; see :func:`channel_max`."""
+    return np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
 def hsv_from_rgb(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hue (degrees, 0–360), saturation and value (0–1) of an RGB uint8 image.
 
@@ -46,8 +63,8 @@ def hsv_from_rgb(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     rgb = np.asarray(rgb, dtype=np.float64) / 255.0
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    value = rgb.max(axis=-1)
-    chroma = value - rgb.min(axis=-1)
+    value = channel_max(rgb)
+    chroma = value - channel_min(rgb)
     with np.errstate(invalid="ignore", divide="ignore"):
         saturation = np.where(value > 0, chroma / value, 0.0)
         safe = np.where(chroma > 0, chroma, 1.0)
@@ -69,16 +86,28 @@ def ink_pixels(rgb: np.ndarray) -> np.ndarray:
     ...                       [200, 120, 180]]], np.uint8))
     array([[ True, False, False,  True, False]])
     """
-    hue, sat, val = hsv_from_rgb(rgb)
-    bright = val >= INK_MIN_VALUE
-    blue = (hue >= BLUE_INK_HUE_DEG[0]) & (hue < BLUE_INK_HUE_DEG[1])
-    blue &= sat >= BLUE_INK_MIN_SATURATION
-    green = (hue >= GREEN_INK_HUE_DEG[0]) & (hue < GREEN_INK_HUE_DEG[1])
-    green &= sat >= GREEN_INK_MIN_SATURATION
-    red = (hue >= RED_INK_HUE_DEG[0]) | (hue < RED_INK_HUE_DEG[1])
-    red &= sat >= RED_INK_MIN_SATURATION
-    black = val < BLACK_INK_MAX_VALUE
-    return ((blue | green | red) & bright) | black
+    rgb = np.asarray(rgb)
+    top = channel_max(rgb)
+    # Hue only where coloured ink is possible (bright and saturated enough): glass and pale
+    # tissue, most of a thumbnail, never need it. Same arithmetic per pixel, same answer.
+    chroma = top - channel_min(rgb)
+    min_sat = min(BLUE_INK_MIN_SATURATION, GREEN_INK_MIN_SATURATION, RED_INK_MIN_SATURATION)
+    candidate = (top >= INK_MIN_VALUE * 255 - 1) & (chroma >= min_sat * top - 1)
+    out = np.zeros(rgb.shape[:-1], dtype=bool)
+    if candidate.any():
+        hue, sat, val = hsv_from_rgb(rgb[candidate][:, None, :])
+        hue, sat, val = hue[:, 0], sat[:, 0], val[:, 0]
+        bright = val >= INK_MIN_VALUE
+        blue = (hue >= BLUE_INK_HUE_DEG[0]) & (hue < BLUE_INK_HUE_DEG[1])
+        blue &= sat >= BLUE_INK_MIN_SATURATION
+        green = (hue >= GREEN_INK_HUE_DEG[0]) & (hue < GREEN_INK_HUE_DEG[1])
+        green &= sat >= GREEN_INK_MIN_SATURATION
+        red = (hue >= RED_INK_HUE_DEG[0]) | (hue < RED_INK_HUE_DEG[1])
+        red &= sat >= RED_INK_MIN_SATURATION
+        out[candidate] = (blue | green | red) & bright
+    # val < 0.2 with val = top / 255, as hsv_from_rgb computes it
+    out |= (top.astype(np.float64) / 255.0) < BLACK_INK_MAX_VALUE
+    return out
 
 
 def ink_mask(rgb: np.ndarray) -> np.ndarray:
@@ -90,9 +119,45 @@ def ink_mask(rgb: np.ndarray) -> np.ndarray:
     >>> int(ink_mask(img).sum())
     9
     """
-    from scipy import ndimage
-
     ink = ink_pixels(rgb)
-    if INK_MARGIN_PX and ink.any():
-        ink = ndimage.binary_dilation(ink, structure=np.ones((3, 3)), iterations=INK_MARGIN_PX)
+    for _ in range(INK_MARGIN_PX if ink.any() else 0):
+        ink = dilate3x3(ink)
     return ink
+
+
+def dilate3x3(mask: np.ndarray) -> np.ndarray:
+    """Binary dilation by a 3x3 square, outside the image counting as False: what
+    ``scipy.ndimage.binary_dilation(mask, np.ones((3, 3)))`` gives, without importing scipy.
+
+    Examples
+    --------
+    >>> m = np.zeros((3, 4), bool); m[0, 0] = True
+    >>> dilate3x3(m).astype(int).tolist()
+    [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
+    """
+    padded = np.pad(mask, 1)
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            out |= padded[dy : dy + h, dx : dx + w]
+    return out
+
+
+def erode3x3(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion by a 3x3 square, outside the image counting as False (so the border
+    row and column are always False), as ``scipy.ndimage.binary_erosion`` with its default
+    ``border_value=0``.
+
+    Examples
+    --------
+    >>> erode3x3(np.ones((3, 4), bool)).astype(int).tolist()
+    [[0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    """
+    padded = np.pad(mask, 1)
+    h, w = mask.shape
+    out = np.ones_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            out &= padded[dy : dy + h, dx : dx + w]
+    return out

@@ -1,5 +1,11 @@
 """The tissue/ink mask PNG: written once per slide by ``wsiproc level``, read by ``infer`` (to
-gate windows) and ``qc`` (to show it), so every stage sees the same mask."""
+gate windows) and ``qc`` (to show it), so every stage sees the same mask.
+
+When the thumbnail could not be decoded (``--on-read-error skip``), the level stage writes an
+*unknown* mask instead: every pixel tissue, so nothing is gated out, and a PNG text chunk
+(:data:`UNKNOWN_KEY`) holding the reason, which ``infer`` and ``qc`` read back so the tissue
+is recorded as unknown (NaN), not as 100 %.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,45 @@ from PIL import Image, UnidentifiedImageError
 
 from .atomic import atomic_path
 from .errors import InputTableError
-from .tissue import decode_mask, encode_mask
+from .tissue import MASK_TISSUE, decode_mask, encode_mask
+
+UNKNOWN_KEY = "wsiproc-tissue-unknown"
+"""PNG text key of a mask whose tissue is unknown; its value says why."""
 
 
 def write_mask(path: str | Path, tissue: np.ndarray, ink: np.ndarray) -> None:
     """Write the label PNG atomically."""
     with atomic_path(path) as tmp:
         Image.fromarray(encode_mask(tissue, ink)).save(tmp, format="PNG")
+
+
+def write_unknown_mask(path: str | Path, shape: tuple[int, int], reason: str) -> None:
+    """Write the mask of a slide whose tissue could not be detected, atomically.
+
+    ``shape`` is ``(height, width)``; every pixel is :data:`~wsiproc.tissue.MASK_TISSUE`
+    (nothing gated out) and ``reason`` goes in the :data:`UNKNOWN_KEY` text chunk.
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(UNKNOWN_KEY, reason)
+    image = Image.fromarray(np.full(shape, MASK_TISSUE, dtype=np.uint8))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+
+
+def mask_unknown_reason(path: str | Path) -> str | None:
+    """Why the mask at ``path`` holds no tissue information, or None for a real mask.
+
+    Reads only the PNG header chunks (no pixels); an unreadable file is None here and an
+    error for :func:`read_mask`.
+    """
+    try:
+        with Image.open(path) as image:
+            reason = image.info.get(UNKNOWN_KEY)
+    except (OSError, UnidentifiedImageError):
+        return None
+    return str(reason) if reason is not None else None
 
 
 def read_mask(

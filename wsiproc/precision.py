@@ -10,7 +10,6 @@ needs the same rule: a reduced precision is real only if the weights and activat
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -203,23 +202,3 @@ def _prepare_torchscript(module: Any, dtype: Any, device: Any) -> Any:
     except Exception:  # noqa: BLE001 - freezing is an optimisation; fall back to the module
         return module
     return frozen
-
-
-def time_forward(fn: Callable[[Any], Any], x: Any, *, repeats: int = 5, warmup: int = 2) -> float:
-    """Best seconds per call of ``fn(x)`` over ``repeats`` calls, after ``warmup`` calls.
-
-    The best, not the mean: a shared machine only ever slows a call down.
-    """
-    import torch
-
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            best = min(best, time.perf_counter() - t0)
-    return best

@@ -55,7 +55,9 @@ class WindowsRecord:
     slide's OpenSlide bounds, or the whole slide), ``proc_x0, proc_y0`` the grid's origin in
     processing pixels; ``reader_reason`` says why the probe chose ``reader``. ``device`` is
     ``cpu``, ``cuda:K`` (``cuda`` before issue 9) or ``collector``; ``gpu`` the physical id
-    of ``cuda:K`` (UUID, or its ``CUDA_VISIBLE_DEVICES`` entry).
+    of ``cuda:K`` (UUID, or its ``CUDA_VISIBLE_DEVICES`` entry). ``tissue_source`` is where
+    the ``tissue`` column came from (``mask``, ``thumbnail``, or ``none``: then
+    ``tissue_unknown`` is true, the column NaN and ``tissue_unknown_reason`` says why).
     """
 
     grid_rows: int
@@ -78,6 +80,10 @@ class WindowsRecord:
     resize_factor: float | None = None
     border: str | None = None
     min_tissue: float | None = None
+    max_ink: float | None = None
+    tissue_source: str | None = None
+    tissue_unknown: bool = False
+    tissue_unknown_reason: str | None = None
     proc_width: int | None = None
     proc_height: int | None = None
     l0_width: int | None = None
@@ -154,7 +160,7 @@ _INT_KEYS = frozenset(
 _FLOAT_KEYS = frozenset(
     {
         "level_downsample", "resize_factor", "min_tissue", "elapsed_s", "windows_per_s",
-        "stream_windows_per_s", "model_mpp",
+        "stream_windows_per_s", "model_mpp", "max_ink",
     }
 )  # fmt: skip
 
@@ -240,6 +246,8 @@ def read_record(path: str | Path) -> WindowsRecord:
             values[key] = number(key, positive=False, optional=True)
         elif key == "read_errors":
             values[key] = _read_errors(value, where)
+        elif key == "tissue_unknown":
+            values[key] = value is True
         elif key == "timings_s":
             values[key] = dict(value) if isinstance(value, dict) else {}
         else:

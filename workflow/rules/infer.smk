@@ -29,6 +29,7 @@ rule infer:
         stride=config["window"]["stride"],
         border=config["window"]["border"],
         min_tissue=config["window"]["min_tissue"],
+        max_ink=config["window"]["max_ink"],
         on_read_error=config["window"]["on_read_error"],
         model=config["model"]["path"],
         precision=config["model"]["precision"],
@@ -46,6 +47,7 @@ rule infer:
             --stride {params.stride} \
             --border {params.border} \
             --min-tissue {params.min_tissue} \
+            --max-ink {params.max_ink} \
             --on-read-error {params.on_read_error} \
             --model {params.model:q} \
             --workers {threads} \

@@ -1,6 +1,8 @@
 # Level selection: slide metadata + level spec -> level.json, thumbnail and tissue mask.
 # Window, model and QC settings are deliberately not params here, so changing them never
-# reruns this rule (and never cascades from here into inference).
+# reruns this rule (and never cascades from here into inference). The one exception is
+# window.on_read_error: under skip an undecodable thumbnail must not stop the slide here
+# (infer, which reruns on that change anyway, then processes every window).
 rule select_level:
     input:
         slide=get_slide,
@@ -38,6 +40,7 @@ rule select_level:
         level_spec=LEVEL_SPEC,
         slide_mpp=get_slide_mpp,
         fallback_mpp=FALLBACK_MPP,
+        on_read_error=config["window"]["on_read_error"],
         version=WSIPROC_VERSION,
     shell:
         r"""
@@ -45,6 +48,7 @@ rule select_level:
             --out {output.level:q} \
             --thumbnail {output.thumbnail:q} \
             --mask {output.mask:q} \
+            --on-read-error {params.on_read_error} \
             {params.level_spec} \
             {params.slide_mpp} \
             {params.fallback_mpp} \

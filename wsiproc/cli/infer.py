@@ -38,7 +38,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--min-tissue",
         type=float,
         default=0.25,
-        help="skip windows with a smaller tissue fraction (0 = process all)",
+        help="skip windows with a smaller tissue fraction (0 = every window, no gating, "
+        "no thumbnail read)",
+    )
+    p.add_argument(
+        "--max-ink",
+        type=float,
+        default=0.1,
+        help="where tissue gating applies (--min-tissue > 0), skip windows with a larger "
+        "marker-ink fraction (1 = never)",
     )
     p.add_argument(
         "--model",
@@ -77,7 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("fail", "skip"),
         default="fail",
         help="fail: stop at the first unreadable region; skip: NaN outputs for its windows, "
-        "counted in windows.json and flagged by QC",
+        "counted in windows.json and flagged by QC (an unreadable thumbnail or mask: every "
+        "window processed, tissue NaN)",
     )
     p.add_argument(
         "--allow-mpp-mismatch",
@@ -133,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         plan=plan,
         border=args.border,
         min_tissue=args.min_tissue,
+        max_ink=args.max_ink,
         model=args.model,
         collector=args.collector,
         workers=args.workers,

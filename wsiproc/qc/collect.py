@@ -115,19 +115,24 @@ def build_qc(
     mask_path = Path(mask) if mask else resolve_recorded(level.get("mask"), base)
     notes: list[str] = []
 
-    rgb = load_rgb(thumb_path) if thumb_path else None
+    unknown = level.get("tissue_unknown") is True
+    if unknown:  # the level stage wrote a grey thumbnail and an unknown mask: nothing to measure
+        notes.append(f"tissue unknown ({level.get('tissue_unknown_reason')}): no thumbnail metrics")
+    rgb = load_rgb(thumb_path) if thumb_path and not unknown else None
     tissue = ink = None
-    if mask_path:
+    if mask_path and not unknown:
         tissue, ink = load_mask(mask_path, None if rgb is None else rgb.shape[:2])
     if tissue is not None:
         tissue_pct = metrics.tissue_percent(tissue)
     else:
-        notes.append("no tissue mask: tissue % taken from level.json")
+        if not unknown:
+            notes.append("no tissue mask: tissue % taken from level.json")
         tissue_pct = finite_number(level.get("tissue_percent"))
         tissue_pct = math.nan if tissue_pct is None else tissue_pct
     blur = pen = math.nan
     if rgb is None:
-        notes.append("no thumbnail: blur score and pen fraction not measured")
+        if not unknown:
+            notes.append("no thumbnail: blur score and pen fraction not measured")
     else:
         pen = metrics.pen_fraction(rgb)
         if tissue is not None:
@@ -175,6 +180,7 @@ def build_qc(
         "vendor": level.get("vendor"),
         "objective_power": level.get("objective_power"),
         "model": info.get("model"),
+        "precision": run.precision,  # as resolved (auto -> bf16/fp32); None in old records
         "windows_total": info.get("windows_total"),
         "windows_processed": processed,
         "windows_skipped": info.get("windows_skipped"),

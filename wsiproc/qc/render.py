@@ -98,6 +98,7 @@ figcaption{font-size:.85em;color:#555}
 _META_ROWS = (
     ("Slide", "slide"), ("Patient", "patient"), ("Slide ID", "slide_id"),
     ("Vendor", "vendor"), ("Objective power", "objective_power"), ("Model", "model"),
+    ("Precision", "precision"),
     ("Level", "level"), ("Level downsample", "level_downsample"), ("Scale (l0 px / proc px)",
     "scale"), ("Processing mpp (µm/px)", "proc_mpp"), ("mpp source", "mpp_source"),
     ("Windows total", "windows_total"), ("Windows processed", "windows_processed"),

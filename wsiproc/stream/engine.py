@@ -25,13 +25,21 @@ from ..errors import WorkerError
 from ..grid import Grid
 from ..level import LevelPlan, select_level
 from ..record import WindowsRecord, record_path
-from ..slide import Slide
+from ..slide import Slide, SlideInfo
 from .assemble import assemble_csv
 from .checkpoint import Checkpoint
 from .collector import ModelCollector, StreamCollector, StreamInfo, make_collector
+from .gating import measure_window_tissue
 from .lock import OutputLock
 from .pipeline import Pipeline
-from .plan import RunIdentity, file_stamp, fingerprint, plan_stream, slide_stamp, window_fractions
+from .plan import (
+    RunIdentity,
+    StreamPlan,
+    file_stamp,
+    fingerprint,
+    plan_stream,
+    slide_stamp,
+)
 from .request import ON_READ_ERROR, InferRequest, validate_request
 
 __all__ = ["ON_READ_ERROR", "InferRequest", "InferResult", "partial_dir", "run_inference"]
@@ -120,9 +128,10 @@ def run_inference(req: InferRequest) -> InferResult:
 def _run_inference(req: InferRequest) -> InferResult:
     """Body of :func:`run_inference`, with the output claimed."""
     started = time.monotonic()
-    # Loader processes start first (forked before any decoder library is loaded, when that
-    # is safe), so their start-up overlaps opening the slide, tissue detection and model load.
+    # Loader and writer processes start first (forked before any decoder library is loaded, when
+    # that is safe), so their start-up overlaps opening the slide, tissue detection and model load.
     pipeline = Pipeline(req)
+    pipeline.marks["processes"] = time.monotonic()
     try:
         if pipeline.pool.note:
             _warn(pipeline.pool.note)
@@ -133,11 +142,6 @@ def _run_inference(req: InferRequest) -> InferResult:
 
 def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResult:
     """Plan, resume, stream, assemble, record."""
-    # scipy (a quarter second) only now: a run refused by the output lock never pays for it.
-    from ..ink import ink_mask
-    from ..maskfile import read_mask
-    from ..tissue import THUMBNAIL_PX, tissue_mask
-
     slide_id = req.slide_id or Path(req.slide).stem
     with Slide(req.slide, reader=req.reader) as slide:
         info = slide.info
@@ -153,34 +157,40 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             proc_x0=plan.proc_x0,
             proc_y0=plan.proc_y0,
         )
+        pipeline.marks["open"] = time.monotonic()
         # Tile-aligned chunks when windows are read as stored (no resize): no tile decoded twice.
         tile_px = slide.tile_size(plan.level) if plan.resize_factor == 1.0 else None
         pipeline.start(plan, grid, slide.reader)
-        tissue_px = ink_px = None
-        if req.mask:  # the level stage's mask: QC shows exactly what gated the windows
-            tissue_px, ink_px = read_mask(req.mask)
-        elif grid.rows and grid.cols:
-            thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
-            ink_px = ink_mask(thumb)
-            tissue_px = tissue_mask(thumb, ink_px)
-        # Masks (ours or the level stage's) cover the bounds, as the thumbnail does.
-        tissue = window_fractions(grid, tissue_px, info.l0_bounds)
-        ink = window_fractions(grid, ink_px, info.l0_bounds)
+        gating = measure_window_tissue(
+            slide,
+            grid,
+            min_tissue=req.min_tissue,
+            mask=req.mask,
+            skip_read_errors=req.on_read_error == "skip",
+        )
+        pipeline.marks["tissue"] = time.monotonic()
+        if gating.unknown and req.min_tissue > 0:
+            _warn(
+                f"{req.slide}: tissue unknown, every window is processed ({gating.unknown_reason})"
+            )
         stream = plan_stream(
             grid,
-            tissue,
-            ink=ink,
+            gating.tissue,
+            ink=gating.ink,
             min_tissue=req.min_tissue,
+            max_ink=req.max_ink,
             batch_size=req.batch_size,
             chunk_px=req.chunk_px,
             tile_px=tile_px,
         )
+        pipeline.marks["plan"] = time.monotonic()
         collector, source, device, gpu = _make_collector(req)
         # Resolved once (auto -> bf16/fp32) by the model; built-ins and collectors compute as
         # written, so auto means fp32 for them.
         precision = getattr(getattr(collector, "model", None), "precision", None) or (
             "fp32" if req.precision == "auto" else req.precision
         )
+        pipeline.marks["model"] = time.monotonic()
         names = list(collector.output_names)
         width = len(names)
         identity = RunIdentity(
@@ -190,6 +200,8 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             stride_px=req.stride_px,
             border=req.border,
             min_tissue=req.min_tissue,
+            max_ink=req.max_ink,
+            tissue_source=gating.source,
             model=source,
             model_identity=collector.identity(),
             outputs=tuple(names),
@@ -240,32 +252,9 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             todo, collector, ckpt, ckpt.fingerprint, width, resumed, n_keep, ckpt.add_read_failures
         )
     t_assemble = time.monotonic()
-    if req.output == "h5":  # encoder embeddings: the features file (wsiproc.features)
-        from ..features.h5file import assemble_h5
-
-        processed = assemble_h5(
-            req.out,
-            grid=grid,
-            plan=plan,
-            info=info,
-            ckpt=ckpt,
-            groups=stream.groups,
-            tissue=stream.tissue,
-            encoder=getattr(collector, "model", None),
-            slide_id=slide_id,
-        )
-    else:
-        processed = assemble_csv(
-            req.out,
-            grid=grid,
-            level=plan.level,
-            ckpt=ckpt,
-            groups=stream.groups,
-            tissue=stream.tissue,
-            names=names,
-            patient=req.patient,
-            slide_id=slide_id,
-        )
+    processed = _assemble_outputs(
+        req, plan, stream, ckpt, names, slide_id, info=info, model=getattr(collector, "model", None)
+    )
     read_errors = ckpt.read_failures()
     if read_errors.windows:
         _warn(
@@ -294,6 +283,10 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         resize_factor=plan.resize_factor,
         border=req.border,
         min_tissue=req.min_tissue,
+        max_ink=req.max_ink,
+        tissue_source=gating.source,
+        tissue_unknown=gating.unknown,
+        tissue_unknown_reason=gating.unknown_reason,
         proc_width=plan.proc_width,
         proc_height=plan.proc_height,
         l0_width=info.width,
@@ -323,6 +316,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         resumed_windows=resumed,
         timings_s={
             "setup": round(t_stream - started, 3),
+            **_setup_timings(pipeline.marks, started, t_stream),
             "stream": round(stream_s, 3),
             "assemble": round(time.monotonic() - t_assemble, 3),
         },
@@ -334,6 +328,67 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
     return InferResult(Path(req.out), mpath, processed, grid.rows * grid.cols, resumed, record)
 
 
+def _assemble_outputs(
+    req: InferRequest,
+    plan: LevelPlan,
+    stream: StreamPlan,
+    ckpt: Checkpoint,
+    names: list[str],
+    slide_id: str,
+    *,
+    info: SlideInfo,
+    model: Any,
+) -> int:
+    """Write the run's final output files from the checkpoint alone (the same after any
+    number of resumes); return the number of windows written.
+
+    ``req.output`` picks them: ``csv`` (windows.csv) or ``h5`` (the features file of
+    :mod:`wsiproc.features`, whose attributes need the slide's metadata and the encoder).
+    """
+    if req.output == "h5":
+        from ..features.h5file import assemble_h5
+
+        return assemble_h5(
+            req.out,
+            grid=stream.grid,
+            plan=plan,
+            info=info,
+            ckpt=ckpt,
+            groups=stream.groups,
+            tissue=stream.tissue,
+            encoder=model,
+            slide_id=slide_id,
+        )
+    return assemble_csv(
+        req.out,
+        grid=stream.grid,
+        level=plan.level,
+        ckpt=ckpt,
+        groups=stream.groups,
+        tissue=stream.tissue,
+        names=names,
+        patient=req.patient,
+        slide_id=slide_id,
+    )
+
+
+def _setup_timings(marks: dict[str, float], started: float, t_stream: float) -> dict[str, float]:
+    """Seconds of each set-up step, in order (``setup_processes``, ``setup_open``, ...), and
+    of the stream's first batch: where a small slide's run time goes."""
+    out = {}
+    previous = started
+    for name in ("processes", "open", "tissue", "plan", "model"):
+        if name in marks:
+            out[f"setup_{name}"] = round(marks[name] - previous, 3)
+            previous = marks[name]
+    out["setup_checkpoint"] = round(t_stream - previous, 3)
+    if "first_batch" in marks:
+        out["stream_first_batch"] = round(marks["first_batch"] - t_stream, 3)
+    if "writer_close" in marks:
+        out["stream_writer_close"] = round(marks["writer_close"] - marks["last_batch"], 3)
+    return out
+
+
 def _why_no_windows(grid: Grid, req: InferRequest) -> str:
     """The reason a run has nothing to process, for its warning."""
     if not (grid.rows and grid.cols):
@@ -341,7 +396,7 @@ def _why_no_windows(grid: Grid, req: InferRequest) -> str:
             f"the slide is {grid.proc_width}x{grid.proc_height} px at the processing "
             f"resolution, smaller than one {req.kernel_px} px window"
         )
-    return f"no window has tissue >= {req.min_tissue}"
+    return f"no window has tissue >= {req.min_tissue} and ink <= {req.max_ink}"
 
 
 def _check_model_mpp(req: InferRequest, plan: LevelPlan) -> float | None:

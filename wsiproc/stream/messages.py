@@ -7,6 +7,7 @@ message names its slot.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -95,6 +96,16 @@ class ProcessedPiece:
     rows: np.ndarray
     cols: np.ndarray
     values: np.ndarray
+
+
+@dataclass(frozen=True)
+class WriterJob:
+    """What the (already running) writer checkpoints: the directory, the fingerprint a
+    checkpoint must match, and the number of values per window."""
+
+    directory: str
+    fingerprint: dict[str, Any]
+    width: int
 
 
 @dataclass(frozen=True)

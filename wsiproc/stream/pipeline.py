@@ -17,6 +17,7 @@ import queue as queue_mod
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from .messages import (
     ProcessedPiece,
     WindowBatch,
     WriterClose,
+    WriterJob,
 )
 from .request import InferRequest
 from .shm import SlotPool
@@ -66,13 +68,16 @@ def _fork_is_safe() -> bool:
 class Pipeline:
     """Loader processes, the writer process, their queues and the shared-memory slots.
 
-    Created (loaders started) before the tasks are known; :meth:`close` always tears every
-    process and the shared memory down, also after errors.
+    Created (loaders and writer started) before the tasks are known; :meth:`start` gives the
+    loaders their job, :meth:`run` the writer its job and the loaders their tasks.
+    :meth:`close` always tears every process and the shared memory down, also after errors.
     """
 
     def __init__(self, req: InferRequest) -> None:
         self.req = req
         self.grid: Grid | None = None
+        self.marks: dict[str, float] = {}  # monotonic times of the steps, for timings_s
+        self.writer: Any = None  # set before any process starts: close() may run after errors
         ctx = mp.get_context("fork" if _fork_is_safe() else "spawn")
         self.ctx = ctx
         self.workers = req.workers
@@ -83,11 +88,13 @@ class Pipeline:
         self.tasks = ctx.Queue()
         self.free_slots = ctx.Queue()
         self.ready = ctx.Queue(maxsize=self.n_slots + self.workers)
-        self.pieces: Any = None  # created with the writer, whose start method may differ
-        self.writer_status: Any = None
-        self.writer: Any = None
+        # Pieces are small (values only), so a deep queue keeps the collector from ever waiting.
+        self.pieces = ctx.Queue(maxsize=1024)
+        self.writer_status = ctx.Queue()
+        self.writer_jobs = ctx.Queue()
         self.procs: list[Any] = []
         self.jobs_sent = False
+        self.writer_job_sent = False
         self.sentinels_sent = False
         for w in range(self.workers):
             p = ctx.Process(
@@ -98,6 +105,15 @@ class Pipeline:
             )
             p.start()
             self.procs.append(p)
+        # The writer starts now too (forked while that is safe, as the loaders): spawned
+        # later it would start a fresh interpreter during the stream, on the loaders' cores.
+        self.writer = ctx.Process(
+            target=run_writer,
+            name="wsiproc-writer",
+            daemon=True,
+            args=(self.writer_jobs, self.pieces, self.writer_status, os.getpid()),
+        )
+        self.writer.start()
         for slot in range(self.n_slots):
             self.free_slots.put(slot)
 
@@ -140,25 +156,8 @@ class Pipeline:
         if not todo:
             return
         grid, pool = self.grid, self.pool
-        # Decoders and torch are loaded by now: fork only if still safe, else spawn. Pieces
-        # are small (values only), so a deep queue keeps the collector from ever waiting.
-        wctx = mp.get_context("fork" if _fork_is_safe() else "spawn")
-        self.pieces = wctx.Queue(maxsize=1024)
-        self.writer_status = wctx.Queue()
-        self.writer = wctx.Process(
-            target=run_writer,
-            name="wsiproc-writer",
-            daemon=True,
-            args=(
-                str(ckpt.directory),
-                fingerprint,
-                width,
-                self.pieces,
-                self.writer_status,
-                os.getpid(),
-            ),
-        )
-        self.writer.start()
+        self.writer_jobs.put(WriterJob(str(ckpt.directory), fingerprint, width))
+        self.writer_job_sent = True
         progress = tqdm(
             total=total,
             initial=resumed,
@@ -179,6 +178,8 @@ class Pipeline:
                     if msg.kind == "read" and msg.region is not None:
                         raise SlideReadError(msg.path, msg.region, msg.problem)
                     raise WorkerError(msg.message)
+                if "first_batch" not in self.marks:
+                    self.marks["first_batch"] = time.monotonic()
                 n = len(msg.rows)
                 piece = StreamPiece(
                     pool.view(msg.slot)[:n],
@@ -209,8 +210,10 @@ class Pipeline:
                 if collector.is_finished():
                     stopped_early = True
                     break
+            self.marks["last_batch"] = time.monotonic()
             self._put_piece(WriterClose(keep_partial=stopped_early))
             self.writer.join(timeout=WRITER_CLOSE_TIMEOUT_S)
+            self.marks["writer_close"] = time.monotonic()
             self._raise_writer_failure()
             if self.writer.is_alive():
                 raise WorkerError(
@@ -242,6 +245,9 @@ class Pipeline:
                 for _ in range(self.workers):
                     self.tasks.put(None)
                 self.sentinels_sent = True
+            if not self.writer_job_sent:
+                self.writer_jobs.put(None)
+                self.writer_job_sent = True
             if self.writer is not None and self.writer.is_alive():
                 try:  # after an error: let the writer exit now (complete chunks are committed)
                     self.pieces.put(WriterClose(), timeout=1.0)
@@ -265,6 +271,7 @@ class Pipeline:
                 self.ready,
                 self.pieces,
                 self.writer_status,
+                self.writer_jobs,
             )
             for q in queues:
                 if q is None:

@@ -19,7 +19,6 @@ from .. import __version__
 from ..grid import Chunk, Grid, plan_chunks
 from ..readers import L0Box
 from ..record import WINDOWS_FORMAT
-from ..tissue import MAX_INK_FRACTION
 from .messages import ChunkTask, GroupTask
 
 GROUP_BATCHES = 4
@@ -58,7 +57,7 @@ def window_fractions(grid: Grid, mask: np.ndarray | None, l0_box: L0Box) -> np.n
     """
     tissue = np.zeros((grid.rows, grid.cols), dtype=np.float32)
     if grid.rows and grid.cols and mask is not None:
-        from ..tissue import window_tissue_fractions  # scipy: only once there is a mask
+        from ..tissue import window_tissue_fractions
 
         sx, sy = l0_box.width / mask.shape[1], l0_box.height / mask.shape[0]
         rr, cc = np.mgrid[0 : grid.rows, 0 : grid.cols]
@@ -75,6 +74,7 @@ def plan_stream(
     *,
     ink: np.ndarray | None = None,
     min_tissue: float,
+    max_ink: float,
     batch_size: int,
     chunk_px: int,
     tile_px: int | None,
@@ -82,14 +82,30 @@ def plan_stream(
     """Chunks, keep mask and groups for ``grid`` given each window's tissue fraction.
 
     ``tile_px`` (the slide's tile size, when windows are read without resizing) aligns chunks
-    to tiles so no tile is decoded twice. ``ink`` (each window's ink fraction) skips windows
-    mostly covered by marker ink (:data:`~wsiproc.tissue.MAX_INK_FRACTION`), whatever
-    ``min_tissue`` is.
+    to tiles so no tile is decoded twice. Gating applies only when ``min_tissue > 0``: a
+    window is kept when its tissue is >= ``min_tissue`` and its ``ink`` fraction (if given)
+    <= ``max_ink`` (1 keeps every inked window). A window of unknown tissue (NaN) is kept.
+
+    Examples
+    --------
+    >>> g = Grid(4, 2, 2, 2, "valid", 1.0)
+    >>> t, i = np.array([[0.9, 0.0]], np.float32), np.array([[0.5, 0.0]], np.float32)
+    >>> kw = dict(batch_size=4, chunk_px=64, tile_px=None)
+    >>> plan_stream(g, t, ink=i, min_tissue=0.25, max_ink=0.1, **kw).keep.tolist()
+    [[False, False]]
+    >>> plan_stream(g, t, ink=i, min_tissue=0.25, max_ink=1.0, **kw).keep.tolist()
+    [[True, False]]
+    >>> plan_stream(g, t, ink=i, min_tissue=0.0, max_ink=0.1, **kw).keep.tolist()
+    [[True, True]]
+    >>> plan_stream(g, t * np.nan, min_tissue=0.25, max_ink=0.1, **kw).keep.tolist()
+    [[True, True]]
     """
     chunks = tuple(plan_chunks(grid, chunk_px, tile_px))
-    keep = tissue >= min_tissue if min_tissue > 0 else np.ones_like(tissue, dtype=bool)
-    if ink is not None:
-        keep &= ink <= MAX_INK_FRACTION
+    keep = np.ones(tissue.shape, dtype=bool)
+    if min_tissue > 0:
+        keep &= ~(tissue < min_tissue)  # NaN (unknown) is never below: kept
+        if ink is not None:
+            keep &= ~(ink > max_ink)
     groups = tuple(plan_groups(list(chunks), keep, batch_size))
     return StreamPlan(grid, tile_px, chunks, tissue, keep, groups)
 
@@ -141,8 +157,10 @@ class RunIdentity:
 
     ``device`` is the resolved device (``cuda:K``, never ``auto``; the fingerprint keeps only
     its type, so a resume on another GPU is allowed), ``reader`` the reader the slide was
-    opened with, ``model_identity`` includes a model file's content hash: a job
-    killed at a time limit and rerun on another node type starts afresh instead of mixing.
+    opened with, ``tissue_source`` where the tissue came from (an unreadable thumbnail under
+    ``skip`` keeps every window: another plan), ``model_identity`` includes a model file's
+    content hash: a job killed at a time limit and rerun on another node type starts afresh
+    instead of mixing.
     """
 
     slide: dict[str, Any]
@@ -151,6 +169,8 @@ class RunIdentity:
     stride_px: int
     border: str
     min_tissue: float
+    max_ink: float
+    tissue_source: str
     model: str
     model_identity: str
     outputs: tuple[str, ...]
@@ -186,6 +206,8 @@ def fingerprint(identity: RunIdentity) -> dict[str, Any]:
         "plan": identity.plan,
         "grid": [identity.kernel_px, identity.stride_px, identity.border],
         "min_tissue": identity.min_tissue,
+        "max_ink": identity.max_ink,
+        "tissue_source": identity.tissue_source,
         "model": identity.model,
         "model_identity": identity.model_identity,
         "outputs": list(identity.outputs),

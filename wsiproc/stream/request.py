@@ -32,6 +32,7 @@ class InferRequest:
     plan: LevelPlan | None = None
     border: str = "valid"
     min_tissue: float = 0.25
+    max_ink: float = 0.1
     model: str = "builtin:mean-rgb"
     collector: str | None = None
     workers: int = 2
@@ -60,6 +61,8 @@ def validate_request(req: InferRequest) -> None:
     """
     if not 0.0 <= req.min_tissue <= 1.0:
         raise ConfigError("min-tissue", f"must be between 0 and 1, got {req.min_tissue}")
+    if not 0.0 <= req.max_ink <= 1.0:
+        raise ConfigError("max-ink", f"must be between 0 and 1, got {req.max_ink}")
     if req.workers < 1:
         raise ConfigError("workers", f"must be >= 1, got {req.workers}")
     if req.batch_size < 1:

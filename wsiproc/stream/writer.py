@@ -13,25 +13,24 @@ import numpy as np
 
 from ..errors import OutputError
 from .checkpoint import Checkpoint
-from .messages import ProcessedPiece, WriterClose, WriterFailed
+from .messages import ProcessedPiece, WriterClose, WriterFailed, WriterJob
 from .worker import get_while_parent_alive, quiet_signals
 
 
-def run_writer(
-    directory: str,
-    fingerprint: dict[str, Any],
-    width: int,
-    pieces: Any,
-    status: Any,
-    parent_pid: int,
-) -> None:
-    """Consume ``pieces`` until ``WriterClose``; report a failure on ``status`` and exit 1.
+def run_writer(jobs: Any, pieces: Any, status: Any, parent_pid: int) -> None:
+    """Take a :class:`WriterJob` (None: nothing to write), then consume ``pieces`` until
+    ``WriterClose``; report a failure on ``status`` and exit 1.
 
-    Exits on its own if the engine process dies (what is committed stays committed).
+    Started with the loaders, before the run is planned, so its start-up is off the stream's
+    path. Exits on its own if the engine process dies (what is committed stays committed).
     """
     quiet_signals()
+    job: WriterJob | None = get_while_parent_alive(jobs, parent_pid)
+    if job is None:
+        return
+    directory = job.directory
     try:
-        ckpt = Checkpoint(Path(directory), fingerprint, width)
+        ckpt = Checkpoint(Path(directory), job.fingerprint, job.width)
         partial: dict[int, list[ProcessedPiece]] = {}
         while True:
             msg = get_while_parent_alive(pieces, parent_pid)
