@@ -186,3 +186,15 @@ def test_zero_patches_is_a_flagged_slide_not_an_error(tmp_path: Path, capsys) ->
         "--rgb-out", tmp_path / "a_rgb.tif", "--color-scale", "rank",
     )  # fmt: skip
     assert code == 0, err
+
+
+def test_builtin_demo_blocks_do_not_change_its_output(monkeypatch) -> None:
+    """The demo's row blocks (a memory bound) give the whole-bag result, to float32 rounding."""
+    from wsiproc.slidemodel import builtin
+
+    x = torch.from_numpy(np.random.default_rng(8).normal(size=(50, 24)).astype(np.float32))
+    whole_logits, whole_attention = builtin.build_module(24)(x)
+    monkeypatch.setattr(builtin, "BLOCK_ROWS", 7)
+    logits, attention = builtin.build_module(24)(x)
+    torch.testing.assert_close(attention, whole_attention, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(logits, whole_logits, rtol=1e-5, atol=1e-6)

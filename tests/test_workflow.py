@@ -418,6 +418,8 @@ def test_touched_slide_reruns_only_its_own_chain(demo: dict) -> None:
     expected |= {("patient_csv", patient), ("report", ""), ("all", "")}
     # The demo enables features: the slide's features job and the cohort table too (issue 15).
     expected |= {("features", slide), ("features_table", "")}
+    # ... and its slide model on those features, and the cohort predictions (issue 16).
+    expected |= {("slide_predict", slide), ("attention_heatmap", slide), ("predictions", "")}
     assert sorted(jobs) == sorted(expected)
 
 
@@ -451,7 +453,9 @@ def test_heatmap_option_change_reruns_only_heatmaps_and_the_report(demo: dict) -
     )
     counts = rule_counts(dry_run(demo["workdir"], configfile))
     # The report waits for every heatmap (a slide is done only with it), so it follows them.
-    assert counts == {"heatmap": len(demo["slides"]), "report": 1, "all": 1}
+    # The attention heatmaps (the demo's slide model, issue 16) share the colormap.
+    n = len(demo["slides"])
+    assert counts == {"heatmap": n, "attention_heatmap": n, "report": 1, "all": 1}
 
 
 @pytest.mark.slow
@@ -480,7 +484,9 @@ def test_edited_sheet_reruns_only_the_cohort_tables(demo: dict) -> None:
     finally:
         sheet.write_text(before)
         os.utime(sheet, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert sorted(jobs) == [("all", ""), ("features_table", ""), ("report", "")]
+    # ... and, with the slide model enabled (the demo), predictions.tsv (issue 16).
+    cohort_tables = [("all", ""), ("features_table", ""), ("predictions", ""), ("report", "")]
+    assert sorted(jobs) == cohort_tables
 
 
 @pytest.mark.slow
@@ -503,6 +509,7 @@ def test_slide_added_to_one_patient_reruns_only_that_patients_csv(demo: dict) ->
     expected |= {("patient_csv", patient), ("report", ""), ("all", "")}
     # The demo enables features: the slide's features job and the cohort table too (issue 15).
     expected |= {("features", "ADDED"), ("features_table", "")}
+    expected |= {("slide_predict", "ADDED"), ("attention_heatmap", "ADDED"), ("predictions", "")}
     assert sorted(jobs) == sorted(expected)
 
 
@@ -552,6 +559,7 @@ def test_bad_slides_fail_alone_are_reported_and_rerun_once_fixed(
     # The heatmap chain only: the demo's features (builtin:tiny at 0.5 µm/px) would refuse
     # these 1 µm/px slides (upsampling), which is not what this test is about (issue 15).
     config["features"] = {**config["features"], "enabled": False}
+    config["slide_model"] = {**config["slide_model"], "enabled": False}  # it needs features
     configfile = write_config(tmp_path / "config.yaml", config)
     outdir, logdir = tmp_path / "results", tmp_path / "logs"
     profile = ("--workflow-profile", str(DEFAULT_PROFILE))
@@ -635,6 +643,7 @@ def test_slide_smaller_than_one_window_is_flagged_with_every_output(
     # The heatmap chain only: the demo's features (builtin:tiny at 0.5 µm/px) would refuse
     # these 1 µm/px slides (upsampling), which is not what this test is about (issue 15).
     config["features"] = {**config["features"], "enabled": False}
+    config["slide_model"] = {**config["slide_model"], "enabled": False}  # it needs features
     configfile = write_config(tmp_path / "config.yaml", config)
 
     proc = snakemake(tmp_path, "--configfile", str(configfile), merged=True)
