@@ -4,6 +4,7 @@
 # (the config check of a model's resolution borrows wsiproc's own function, not a copy).
 import atexit
 import importlib.metadata
+import inspect
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ import sys
 import jsonschema
 import pandas as pd
 import yaml
+from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -172,16 +174,38 @@ wildcard_constraints:
 
 
 # 4. Helpers ---------------------------------------------------------------------------
+def per_job(func):
+    """Mark a function that Snakemake calls for every job (input, param or resource).
+
+    Snakemake looks up which arguments a function takes (inspect.signature) on every call,
+    twice per job and function: at 1,000 slides a ninth of the planning time (cProfile).
+    Recording the signature once, with Snakemake's own hook for wrapped functions, skips it.
+    """
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
+
+
 def get_final_outputs():
-    """Targets of the default rule: per-slide heatmaps and QC, patient CSVs, the report."""
+    """Targets of the default rule: per slide one output of each last job (heatmap, qc and,
+    when enabled, features and attention heatmap), patient CSVs and the cohort tables.
+
+    One file per job is enough: a job in the DAG reruns when any of its outputs is missing.
+    Every output would triple the default rule's inputs, which Snakemake checks and formats
+    (three times per dry run) like any job's.
+    """
     per_slide = {"patient": list(samples["patient"]), "slide": list(samples["slide"])}
+    markers = [rules.heatmap.output.tif, rules.qc.output.json]
+    tables = [*rules.report.output]
+    if config["features"]["enabled"]:
+        markers.append(rules.features.output.h5)
+        tables.append(rules.features_table.output.tsv)
+    if config["slide_model"]["enabled"]:
+        markers.append(rules.attention_heatmap.output.rgb)
+        tables.extend(rules.predictions.output)
     return [
-        *expand(list(rules.heatmap.output), zip, **per_slide),
-        *expand(list(rules.qc.output), zip, **per_slide),
+        *(path for marker in markers for path in expand(marker, zip, **per_slide)),
         *expand(rules.patient_csv.output.csv, patient=list(PATIENT_SLIDES)),
-        *rules.report.output,
-        *(get_features_outputs() if config["features"]["enabled"] else []),
-        *(get_slide_model_outputs() if config["slide_model"]["enabled"] else []),
+        *tables,
     ]
 
 
@@ -194,17 +218,7 @@ def get_features_outputs(wildcards=None):
     ]
 
 
-def get_slide_model_outputs():
-    """Targets of the slide model: every slide's prediction and attention heatmaps, the
-    cohort's predictions.tsv and patient_predictions.tsv."""
-    per_slide = {"patient": list(samples["patient"]), "slide": list(samples["slide"])}
-    return [
-        *expand(list(rules.slide_predict.output), zip, **per_slide),
-        *expand(list(rules.attention_heatmap.output), zip, **per_slide),
-        *rules.predictions.output,
-    ]
-
-
+@per_job
 def get_all_slide_predictions(wildcards):
     """slide.json of every slide, in sheet order (written last by slide_predict)."""
     return expand(
@@ -215,6 +229,7 @@ def get_all_slide_predictions(wildcards):
     )
 
 
+@per_job
 def get_all_features(wildcards):
     """features.json of every slide, in sheet order (written after its features.h5)."""
     return expand(
@@ -225,6 +240,7 @@ def get_all_features(wildcards):
     )
 
 
+@per_job
 def get_slide(wildcards):
     """The slide file of one sheet row."""
     try:
@@ -253,6 +269,7 @@ def level_function_files():
     return [source] if source.endswith(".py") else []
 
 
+@per_job
 def get_slide_mpp(wildcards):
     """`--slide-mpp M` from the sheet's mpp cell (overrides the slide's metadata), or nothing."""
     mpp = SLIDE_MPP[wildcards.slide]
@@ -377,37 +394,44 @@ HEATMAP_VMAX = heatmap_limit("vmax")
 
 # Runtime knobs: these take `resources`, which makes Snakemake treat them as derived and
 # leave them out of the params rerun trigger. Changing them never reruns anything.
+@per_job
 def get_batch_size(wildcards, resources):
     """--batch-size of infer (runtime knob)."""
     return config["model"]["batch_size"]
 
 
+@per_job
 def get_device(wildcards, resources):
     """--device of infer (runtime knob)."""
     return config["model"]["device"]
 
 
+@per_job
 def get_features_batch_size(wildcards, resources):
     """--batch-size of features (runtime knob)."""
     return config["features"]["batch_size"]
 
 
+@per_job
 def get_features_device(wildcards, resources):
     """--device of features (runtime knob)."""
     return config["features"]["device"]
 
 
+@per_job
 def get_slide_model_device(wildcards, resources):
     """--device of slide_predict (runtime knob)."""
     return config["slide_model"]["device"]
 
 
+@per_job
 def get_patient_windows(wildcards):
     """windows.csv of every slide of one patient, in sheet order."""
     slides = PATIENT_SLIDES[wildcards.patient]
     return expand(rules.infer.output.csv, patient=wildcards.patient, slide=slides)
 
 
+@per_job
 def get_all_qc(wildcards):
     """qc.json of every slide, in sheet order."""
     return expand(
@@ -418,6 +442,7 @@ def get_all_qc(wildcards):
     )
 
 
+@per_job
 def get_all_heatmaps(wildcards):
     """heatmap_rgb.tif of every slide: the report counts a slide as done only with it."""
     return expand(
@@ -428,16 +453,19 @@ def get_all_heatmaps(wildcards):
     )
 
 
+@per_job
 def get_sheet(wildcards=None):
     """The sample sheet: an input of `report` (editing it reruns the report), and `--sheet`."""
     return SHEET
 
 
+@per_job
 def get_outdir(wildcards=None):
     """`--results` of `wsiproc report` and `wsiproc status`: the results directory."""
     return config["outdir"]
 
 
+@per_job
 def get_logdir(wildcards=None):
     """`--logs` of `wsiproc report` and `wsiproc status`: the log directory."""
     return config["logdir"]
@@ -456,6 +484,7 @@ def attempt_scaled(amount):
     """A resource that grows with each attempt: a job killed for memory (or time) is
     retried with two, then three times as much (the SLURM profile sets `retries`)."""
 
+    @per_job
     def scaled(wildcards, attempt):
         return amount * attempt
 
@@ -472,6 +501,10 @@ JOB_GROUP = {
     "heatmap": None if INFER_GPUS else "slide",
     "qc": None if INFER_GPUS else "slide",
 }
+
+# The `gpu` resource of a job: claimed only by jobs that need one. A `gpu=0` resource would
+# be evaluated for every job while planning, for nothing.
+GPU_CLAIM = {0: {}, 1: {"gpu": 1}}
 
 # Partition and GPU model of the GPU job (config gpu_jobs), if set; jobs of one group must
 # ask for the same partition, so level selection gets it too.

@@ -20,9 +20,9 @@ rule features:
     threads: config["loader"]["workers"]
     resources:
         **FEATURES_JOB_RESOURCES,
+        **GPU_CLAIM[FEATURES_GPUS],
         mem_mb=attempt_scaled(FEATURES_MEM_MB),
         runtime=attempt_scaled(120),
-        gpu=FEATURES_GPUS,
     params:
         encoder=config["features"]["encoder"],
         options=FEATURES_OPTIONS,

@@ -21,9 +21,9 @@ rule infer:
     threads: config["loader"]["workers"]
     resources:
         **GPU_JOB_RESOURCES,
+        **GPU_CLAIM[INFER_GPUS],
         mem_mb=attempt_scaled(INFER_MEM_MB),
         runtime=attempt_scaled(120),
-        gpu=INFER_GPUS,
     params:
         kernel_size=config["window"]["kernel_size"],
         stride=config["window"]["stride"],
