@@ -22,7 +22,7 @@ import openslide
 import pytest
 from _encoders import MeanColour, Slow, seeded, sidecar, write_encoder
 
-from wsiproc import synth_files
+from wsiproc import synth
 from wsiproc.cli import main
 from wsiproc.features.encoder import Encoder
 from wsiproc.precision import resolve_precision
@@ -130,7 +130,7 @@ def test_embeddings_equal_the_encoder_on_an_independent_read(svs_slide_20x, tmp_
 
 def test_no_tissue_gives_a_valid_empty_file(slide_dir, tmp_path):
     """A blank slide: N = 0, D kept, attributes written, exit 0."""
-    blank = synth_files.write_pyramidal_tiff(
+    blank = synth.write_pyramidal_tiff(
         slide_dir / "blank_features.tif", np.full((700, 900, 3), 242, np.uint8), mpp=0.5
     )
     out = tmp_path / "f.h5"

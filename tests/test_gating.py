@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from wsiproc import synth, synth_files
+from wsiproc import synth
 from wsiproc.cli import main
 from wsiproc.maskfile import mask_unknown_reason
 from wsiproc.stream.plan import RunIdentity, fingerprint
@@ -61,7 +61,7 @@ def boxes_slide(tmp_path_factory) -> Path:
     img[0:100, 75:200] = (30, 30, 220)
     img[150:250, 100:250] = (30, 200, 30)
     path = tmp_path_factory.mktemp("gating") / "boxes.tif"
-    return synth_files.write_pyramidal_tiff(path, img, mpp=0.5)
+    return synth.write_pyramidal_tiff(path, img, mpp=0.5)
 
 
 def infer_boxes(slide: Path, out: Path, *extra: str) -> list[dict[str, str]]:
@@ -142,11 +142,11 @@ def thumbless_svs(tmp_path_factory) -> Path:
     """4096x1024 Aperio SVS (levels 1 and 4) whose lowest-resolution level, the one the
     1024-px thumbnail is made from, has every tile zeroed; level 0 reads fine."""
     path = tmp_path_factory.mktemp("thumbless") / "thumbless.svs"
-    synth_files.write_svs(
+    synth.write_svs(
         path, synth.tissue_image(4096, 1024, seed=21), mpp=0.5, magnification=20, levels=2
     )
     for tile in range(4):  # level 1: 1024x256 px, four 256-px tiles
-        synth_files.corrupt_tile(path, level=1, tile_index=tile)
+        synth.corrupt_tile(path, level=1, tile_index=tile)
     return path
 
 
@@ -155,7 +155,7 @@ def thumbless_with_bad_tile(thumbless_svs, tmp_path) -> Path:
     """The same slide with also its first level-0 tile zeroed (one unreadable window)."""
     path = tmp_path / "thumbless_bad_tile.svs"
     shutil.copyfile(thumbless_svs, path)
-    synth_files.corrupt_tile(path, level=0, tile_index=0)
+    synth.corrupt_tile(path, level=0, tile_index=0)
     return path
 
 
