@@ -370,6 +370,13 @@ SLIDE_MODEL_HEAD = (
     if config["slide_model"]["heads"]
     else ""
 )
+# A slide model needs features: either key turns the features stage on.
+FEATURES_ON = bool(config["features"]["enabled"] or config["slide_model"]["enabled"])
+# `wsiproc report` / `status` check the optional stages of the run too.
+COHORT_STAGE_FLAGS = [
+    *(["--features"] if FEATURES_ON else []),
+    *(["--slide-model"] if config["slide_model"]["enabled"] else []),
+]
 HEATMAP_OUTPUT = heatmap_output()
 HEATMAP_VMIN = heatmap_limit("vmin")
 HEATMAP_VMAX = heatmap_limit("vmax")
@@ -426,6 +433,41 @@ def get_all_heatmaps(wildcards):
         patient=list(samples["patient"]),
         slide=list(samples["slide"]),
     )
+
+
+def get_all_attention_thumbnails(wildcards):
+    """attention.png of every slide when the slide model is on (the report links them)."""
+    if not config["slide_model"]["enabled"]:
+        return []
+    return expand(
+        rules.attention_heatmap.output.thumbnail,
+        zip,
+        patient=list(samples["patient"]),
+        slide=list(samples["slide"]),
+    )
+
+
+def get_all_features_if_enabled(wildcards):
+    """features.json of every slide when features (or the slide model) are on, else none:
+    the report reads them."""
+    return get_all_features(wildcards) if FEATURES_ON else []
+
+
+def get_all_predictions_if_enabled(wildcards):
+    """slide.json of every slide when the slide model is on, else none: the report reads them."""
+    return (
+        get_all_slide_predictions(wildcards) if config["slide_model"]["enabled"] else []
+    )
+
+
+def get_qc_stage_flags(wildcards, input):
+    """`--features-json F` / `--slide-json S` of qc for the enabled optional stages."""
+    flags = []
+    if input.get("features"):
+        flags.append(f"--features-json {shlex.quote(input.features)}")
+    if input.get("prediction"):
+        flags.append(f"--slide-json {shlex.quote(input.prediction)}")
+    return " ".join(flags)
 
 
 def get_sheet(wildcards=None):
@@ -507,6 +549,8 @@ def print_run_summary(stage):
     interpreter exit. A failing wsiproc gives one line, never an exception in the handler.
     """
     args = ["--sheet", get_sheet(), "--results", get_outdir(), "--logs", get_logdir()]
+    if stage in ("report", "status"):
+        args += COHORT_STAGE_FLAGS
     if stage == "report":
         outputs = rules.report.output
         args += ["--out-html", outputs.html, "--out-tsv", outputs.tsv]
