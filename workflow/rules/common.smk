@@ -512,7 +512,9 @@ JOB_GROUP = {
     "select_level": "slide",
     "infer": "slide",
     "heatmap": None if INFER_GPUS else "slide",
-    "qc": None if INFER_GPUS else "slide",
+    # qc also reads features.json / slide.json, made outside the group from its level stage:
+    # a group may not be left and re-entered, so then qc runs as its own job.
+    "qc": None if INFER_GPUS or FEATURES_ON else "slide",
 }
 
 # Partition and GPU model of the GPU job (config gpu_jobs), if set; jobs of one group must
