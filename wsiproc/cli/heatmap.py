@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--geojson", help="also write the windows as QuPath GeoJSON here")
     p.add_argument(
         "--thumbnail-out",
-        help=f"also write the colour heatmap as a PNG of at most {THUMBNAIL_PX} px a side "
+        help=f"also write the colour heatmap as a PNG of {THUMBNAIL_PX} px on its longer side "
         "(the cohort report links it)",
     )
     p.add_argument("--meta", help="windows.json of the CSV (default: CSV path with .json)")
@@ -95,12 +95,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def write_thumbnail(rgba: np.ndarray, path: str | Path) -> None:
-    """The colour heatmap as a PNG of at most :data:`THUMBNAIL_PX` px a side, atomically
-    (nearest-neighbour, so each window stays one flat colour)."""
+    """The colour heatmap as a PNG of :data:`THUMBNAIL_PX` px on its longer side, atomically:
+    nearest-neighbour, so each window stays one flat colour, also when a small grid (one
+    pixel per window) is enlarged; flat colours keep the file at a few kB."""
     from PIL import Image
 
     image = Image.fromarray(np.ascontiguousarray(rgba), "RGBA")
-    scale = min(1.0, THUMBNAIL_PX / max(image.size))
+    scale = THUMBNAIL_PX / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     with atomic_path(path) as tmp:
         image.resize(size, Image.Resampling.NEAREST).save(tmp, format="PNG")
