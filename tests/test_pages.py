@@ -166,3 +166,37 @@ def test_templates_escape_every_value_by_default() -> None:
         "viewer_index.html", title='<t "1">', results="r", total=0, summary="", by_patient={}
     )
     assert "<title>&lt;t &#34;1&#34;&gt;</title>" in page
+
+
+def test_stage_results_show_hostile_names_as_text(tmp_path: Path) -> None:
+    """Encoder, model and class names from features.json / slide.json, on the QC page, the
+    report and the viewer's side panel."""
+    inputs = make_slide_inputs(tmp_path, "S1")
+    features = inputs["dir"] / "features.json"
+    record = {"model": ERROR, "windows_processed": 7, "windows_per_s": 3.5}
+    features.write_text(json.dumps({**record, "output_shape": [4]}), encoding="utf-8")
+    slide = inputs["dir"] / "slide.json"
+    prediction = {
+        "task": "classification", "classes": [PATIENT, SLIDE], "probabilities": [0.25, 0.75],
+        "logits": [0.0, 1.1], "predicted_class": SLIDE, "model": ERROR, "n_patches": 7,
+        "attention_off_tissue_share": [0.9], "attention_threshold": 0.5,
+        "qc_flags": ["attention_off_tissue"],
+    }  # fmt: skip
+    slide.write_text(json.dumps(prediction), encoding="utf-8")
+    code, out = run_qc(inputs, "--features-json", str(features), "--slide-json", str(slide))
+    assert code == 0
+    page = Page(out.with_suffix(".html").read_text(encoding="utf-8"))
+    assert_no_injected_markup(page)
+    text = page.joined()
+    assert f"Encoder{ERROR}" in text and f"P({PATIENT})0.25" in text
+    assert f"Predicted class{SLIDE}" in text and "attention_off_tissue" in text
+
+    from wsiproc.viewer.prediction import read_prediction
+
+    entry = SlideEntry(PATIENT, SLIDE, FAILED, (), tmp_path)
+    resources = SlideResources(
+        entry, (), None, "no slide", None, None, None, None, prediction=read_prediction(slide)
+    )
+    viewer = Page(render_slide(resources))
+    assert_no_injected_markup(viewer)
+    assert f"Predicted class{SLIDE}" in viewer.joined() and f"Model{ERROR}" in viewer.joined()

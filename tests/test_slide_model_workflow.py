@@ -63,7 +63,10 @@ def test_demo_chain_then_a_broken_features_file_fails_only_its_slide(tmp_path: P
     assert rows["P3_A"]["qc_flags"] == "no_patches"  # glass only: flagged, not failed
     slide = json.loads((results / "P1" / "P1_A" / "slide.json").read_text())
     assert slide["model"] == "abmil-demo" and slide["n_patches"] > 0
-    for name in ("attention.tif", "attention_rgb.tif", "attention.geojson"):
+    qc = json.loads((results / "P1" / "P1_A" / "qc.json").read_text())
+    assert qc["prediction"]["predicted_class"] == slide["predicted_class"]
+    assert qc["features"]["patches"] == slide["n_patches"]
+    for name in ("attention.tif", "attention_rgb.tif", "attention.geojson", "attention.png"):
         assert (results / "P1" / "P1_A" / name).is_file()
 
     h5 = results / "P1" / "P1_B" / "features.h5"
@@ -76,3 +79,11 @@ def test_demo_chain_then_a_broken_features_file_fails_only_its_slide(tmp_path: P
     assert rows["P1_B"]["status"] == "failed" and str(h5) in rows["P1_B"]["error"]
     assert rows["P1_A"]["status"] in ("ok", "flagged")
     assert not (results / "P1" / "P1_B" / "slide.json").exists()
+    # The report (written by the onerror handler too) lists the slide as failed at that stage.
+    with open(results / "summary.tsv", newline="") as fh:
+        summary = {r["slide_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    failed = summary["P1_B"]
+    assert (failed["status"], failed["failed_stage"]) == ("failed", "slide_predict")
+    assert str(h5) in failed["error"] and failed["log"].endswith("slide_predict/P1/P1_B.log")
+    assert summary["P1_A"]["predicted_class"] == rows["P1_A"]["predicted_class"]
+    assert "failed (slide_predict)" in (results / "report.html").read_text()

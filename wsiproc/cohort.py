@@ -51,16 +51,41 @@ class Stage:
 
     rule: str
     marker: str
-    after: str | None
+    after: tuple[str, ...] = ()
 
 
 STAGES = (
-    Stage("select_level", "level.json", None),
-    Stage("infer", "windows.json", "select_level"),
-    Stage("heatmap", "heatmap_rgb.tif", "infer"),
-    Stage("qc", "qc.json", "infer"),
+    Stage("select_level", "level.json"),
+    Stage("infer", "windows.json", ("select_level",)),
+    Stage("heatmap", "heatmap_rgb.tif", ("infer",)),
+    Stage("qc", "qc.json", ("infer",)),
 )
 """The per-slide chain in workflow order; each marker is the last output its rule writes."""
+
+FEATURES_STAGE = Stage("features", "features.json", ("select_level",))
+SLIDE_MODEL_STAGES = (
+    Stage("slide_predict", "slide.json", ("features",)),
+    Stage("attention_heatmap", "attention.png", ("slide_predict",)),
+)
+"""The optional stages (config ``features.enabled``, ``slide_model.enabled``); qc reads their
+``features.json`` and ``slide.json`` when they run, so they come before it."""
+
+
+def stages(*, features: bool = False, slide_model: bool = False) -> tuple[Stage, ...]:
+    """The chain of a run: :data:`STAGES` with the enabled optional stages before ``qc``
+    (a slide model needs features, so it brings them).
+
+    Examples
+    --------
+    >>> [s.rule for s in stages(slide_model=True)][3:]
+    ['features', 'slide_predict', 'attention_heatmap', 'qc']
+    """
+    if not (features or slide_model):
+        return STAGES
+    extra = (FEATURES_STAGE, *(SLIDE_MODEL_STAGES if slide_model else ()))
+    qc = STAGES[-1]
+    qc = Stage(qc.rule, qc.marker, (*qc.after, "slide_predict" if slide_model else "features"))
+    return (*STAGES[:-1], *extra, qc)
 
 
 @dataclass(frozen=True)
@@ -130,6 +155,8 @@ class CohortStatus:
     layout: Layout
     slides: tuple[SlideStatus, ...]
     patients: tuple[PatientStatus, ...]
+    features: bool = False
+    slide_model: bool = False
 
     def count(self, status: str) -> int:
         """Number of slides with ``status``."""
@@ -220,19 +247,22 @@ def _read_flags(qc_json: Path) -> tuple[str, ...] | str:
     return tuple(str(f) for f in flags)
 
 
-def slide_status(layout: Layout, patient: str, slide: str) -> SlideStatus:
-    """The status of one slide from its markers and logs (rules in the module doc)."""
+def slide_status(
+    layout: Layout, patient: str, slide: str, chain: Sequence[Stage] = STAGES
+) -> SlideStatus:
+    """The status of one slide from the markers and logs of ``chain`` (rules in the module
+    doc)."""
     mtimes = {}
-    for stage in STAGES:
+    for stage in chain:
         mtimes[stage.rule] = _mtime(layout.slide_file(patient, slide, stage.marker))
         log = layout.slide_log(stage.rule, patient, slide)
         error = _failure(mtimes[stage.rule], log)
         if error is not None:
             return SlideStatus(patient, slide, FAILED, stage.rule, error, log)
-    for stage in STAGES:
+    for stage in chain:
         mtime = mtimes[stage.rule]
-        before = mtimes[stage.after] if stage.after else None
-        if mtime is None or (before is not None and mtime < before):
+        before = [mtimes[a] for a in stage.after if mtimes[a] is not None]
+        if mtime is None or (before and mtime < max(before)):
             return SlideStatus(patient, slide, NOT_RUN)
     qc_json = layout.slide_file(patient, slide, "qc.json")
     flags = _read_flags(qc_json)
@@ -285,13 +315,22 @@ def patient_status(layout: Layout, patient: str, slides: Sequence[SlideStatus]) 
 
 
 def cohort_status(
-    sheet: str | os.PathLike[str], results: str | os.PathLike[str], logs: str | os.PathLike[str]
+    sheet: str | os.PathLike[str],
+    results: str | os.PathLike[str],
+    logs: str | os.PathLike[str],
+    *,
+    features: bool = False,
+    slide_model: bool = False,
 ) -> CohortStatus:
-    """The status of every slide and patient of ``sheet`` under ``results`` and ``logs``."""
+    """The status of every slide and patient of ``sheet`` under ``results`` and ``logs``;
+    ``features`` and ``slide_model`` add those stages to each slide's chain."""
     layout = Layout(Path(results), Path(logs))
-    slides = tuple(slide_status(layout, patient, slide) for patient, slide in read_sheet(sheet))
+    chain = stages(features=features, slide_model=slide_model)
+    slides = tuple(
+        slide_status(layout, patient, slide, chain) for patient, slide in read_sheet(sheet)
+    )
     by_patient: dict[str, list[SlideStatus]] = {}
     for status in slides:
         by_patient.setdefault(status.patient, []).append(status)
     patients = tuple(patient_status(layout, p, group) for p, group in by_patient.items())
-    return CohortStatus(layout, slides, patients)
+    return CohortStatus(layout, slides, patients, features or slide_model, slide_model)

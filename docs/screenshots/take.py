@@ -44,6 +44,17 @@ def save(browser: Chromium, path: Path) -> None:
     print(f"wrote {path} ({path.stat().st_size // 1024} kB)")
 
 
+def scroll_to(browser: Chromium, heading: str, *, right: bool = False) -> None:
+    """Scroll the page to the ``<h2>`` with this text (and to its right edge: the report's
+    prediction columns)."""
+    browser.evaluate(
+        f"[...document.querySelectorAll('h2')].find(h => h.textContent === {heading!r})"
+        ".scrollIntoView()"
+    )
+    if right:
+        browser.evaluate("window.scrollTo(document.documentElement.scrollWidth, window.scrollY)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="the demo run's results folder")
@@ -61,8 +72,12 @@ def main() -> int:
             ".scrollIntoView()"
         )
         save(browser, args.out / "qc-outputs.png")
+        scroll_to(browser, "Features")
+        save(browser, args.out / "qc-prediction.png")
         browser.navigate((results / "report.html").as_uri())
         save(browser, args.out / "report.png")
+        scroll_to(browser, "Slides", right=True)
+        save(browser, args.out / "report-slides.png")
         server = ViewerProcess(results)
         browser.navigate(server.url)
         save(browser, args.out / "viewer-index.png")

@@ -387,6 +387,13 @@ SLIDE_MODEL_HEAD = (
     if config["slide_model"]["heads"]
     else ""
 )
+# A slide model needs features: either key turns the features stage on.
+FEATURES_ON = bool(config["features"]["enabled"] or config["slide_model"]["enabled"])
+# `wsiproc report` / `status` check the optional stages of the run too.
+COHORT_STAGE_FLAGS = [
+    *(["--features"] if FEATURES_ON else []),
+    *(["--slide-model"] if config["slide_model"]["enabled"] else []),
+]
 HEATMAP_OUTPUT = heatmap_output()
 HEATMAP_VMIN = heatmap_limit("vmin")
 HEATMAP_VMAX = heatmap_limit("vmax")
@@ -453,6 +460,42 @@ def get_all_heatmaps(wildcards):
     )
 
 
+def get_all_attention_thumbnails(wildcards):
+    """attention.png of every slide when the slide model is on (the report links them)."""
+    if not config["slide_model"]["enabled"]:
+        return []
+    return expand(
+        rules.attention_heatmap.output.thumbnail,
+        zip,
+        patient=list(samples["patient"]),
+        slide=list(samples["slide"]),
+    )
+
+
+def get_all_features_if_enabled(wildcards):
+    """features.json of every slide when features (or the slide model) are on, else none:
+    the report reads them."""
+    return get_all_features(wildcards) if FEATURES_ON else []
+
+
+def get_all_predictions_if_enabled(wildcards):
+    """slide.json of every slide when the slide model is on, else none: the report reads them."""
+    return (
+        get_all_slide_predictions(wildcards) if config["slide_model"]["enabled"] else []
+    )
+
+
+@per_job
+def get_qc_stage_flags(wildcards, input):
+    """`--features-json F` / `--slide-json S` of qc for the enabled optional stages."""
+    flags = []
+    if input.get("features"):
+        flags.append(f"--features-json {shlex.quote(input.features)}")
+    if input.get("prediction"):
+        flags.append(f"--slide-json {shlex.quote(input.prediction)}")
+    return " ".join(flags)
+
+
 @per_job
 def get_sheet(wildcards=None):
     """The sample sheet: an input of `report` (editing it reruns the report), and `--sheet`."""
@@ -499,7 +542,9 @@ JOB_GROUP = {
     "select_level": "slide",
     "infer": "slide",
     "heatmap": None if INFER_GPUS else "slide",
-    "qc": None if INFER_GPUS else "slide",
+    # qc also reads features.json / slide.json, made outside the group from its level stage:
+    # a group may not be left and re-entered, so then qc runs as its own job.
+    "qc": None if INFER_GPUS or FEATURES_ON else "slide",
 }
 
 # The `gpu` resource of a job: claimed only by jobs that need one. A `gpu=0` resource would
@@ -540,6 +585,8 @@ def print_run_summary(stage):
     interpreter exit. A failing wsiproc gives one line, never an exception in the handler.
     """
     args = ["--sheet", get_sheet(), "--results", get_outdir(), "--logs", get_logdir()]
+    if stage in ("report", "status"):
+        args += COHORT_STAGE_FLAGS
     if stage == "report":
         outputs = rules.report.output
         args += ["--out-html", outputs.html, "--out-tsv", outputs.tsv]

@@ -9,6 +9,11 @@ rule qc:
         csv=rules.infer.output.csv,
         meta=rules.infer.output.meta,
         benchmark=rules.infer.benchmark,
+        # Optional: the records of the features and slide-model stages, when they run.
+        features=rules.features.output.meta if FEATURES_ON else [],
+        prediction=(
+            rules.slide_predict.output.json if config["slide_model"]["enabled"] else []
+        ),
     output:
         json="<results>/{patient}/{slide}/qc.json",
         html=report(
@@ -34,6 +39,7 @@ rule qc:
         blur_threshold=config["qc"]["blur_threshold"],
         pen_threshold=config["qc"]["pen_threshold"],
         min_tissue_percent=config["qc"]["min_tissue_percent"],
+        stage_records=get_qc_stage_flags,
         version=WSIPROC_VERSION,
     shell:
         r"""
@@ -49,6 +55,7 @@ rule qc:
             --blur-threshold {params.blur_threshold} \
             --pen-threshold {params.pen_threshold} \
             --min-tissue-percent {params.min_tissue_percent} \
+            {params.stage_records} \
             >{log:q} 2>&1
         """
 
@@ -59,6 +66,9 @@ rule report:
     input:
         qc=get_all_qc,
         heatmaps=get_all_heatmaps,
+        features=get_all_features_if_enabled,
+        predictions=get_all_predictions_if_enabled,
+        attention=get_all_attention_thumbnails,
         sheet=get_sheet,
     output:
         html=report(
@@ -81,6 +91,7 @@ rule report:
     params:
         results=get_outdir,
         logs=get_logdir,
+        stages=" ".join(COHORT_STAGE_FLAGS),
         version=WSIPROC_VERSION,
     shell:
         r"""
@@ -88,6 +99,7 @@ rule report:
             --sheet {input.sheet:q} \
             --results {params.results:q} \
             --logs {params.logs:q} \
+            {params.stages} \
             --out-html {output.html:q} \
             --out-tsv {output.tsv:q} \
             >{log:q} 2>&1

@@ -50,6 +50,7 @@ rule attention_heatmap:
         tif="<results>/{patient}/{slide}/attention.tif",
         rgb="<results>/{patient}/{slide}/attention_rgb.tif",
         geojson="<results>/{patient}/{slide}/attention.geojson",
+        thumbnail="<results>/{patient}/{slide}/attention.png",
     log:
         "<logs>/attention_heatmap/{patient}/{slide}.log",
     benchmark:
@@ -72,6 +73,7 @@ rule attention_heatmap:
             --out {output.tif:q} \
             --rgb-out {output.rgb:q} \
             --geojson {output.geojson:q} \
+            --thumbnail-out {output.thumbnail:q} \
             --colormap {params.colormap} \
             --color-scale {params.color_scale} \
             {params.head} \

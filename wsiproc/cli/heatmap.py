@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..atomic import atomic_path
 from ..colormap import COLORMAP_HELP, DEFAULT_COLORMAP, colorize, lookup_table, value_range
 from ..errors import ConfigError
 from ..geojson import FeatureWriter
@@ -33,6 +34,9 @@ from ..record import read_record
 from ..table import iter_window_chunks
 
 log = logging.getLogger(__name__)
+
+THUMBNAIL_PX = 256
+"""Longer side of ``--thumbnail-out``'s PNG: a few kB that the cohort report loads lazily."""
 
 RANGE_MIN_TISSUE = 0.5
 """Tissue fraction from which a window's value counts for the colour range (all windows count
@@ -54,6 +58,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="float32 heatmap TIFF to write")
     p.add_argument("--rgb-out", required=True, help="colour-mapped RGBA TIFF to write")
     p.add_argument("--geojson", help="also write the windows as QuPath GeoJSON here")
+    p.add_argument(
+        "--thumbnail-out",
+        help=f"also write the colour heatmap as a PNG of {THUMBNAIL_PX} px on its longer side "
+        "(the cohort report links it)",
+    )
     p.add_argument("--meta", help="windows.json of the CSV (default: CSV path with .json)")
     p.add_argument("--output", help="output drawn in the RGB TIFF (default: the first)")
     p.add_argument(
@@ -83,6 +92,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--vmax", type=float, help="value of the highest colour (default: 99th percentile)"
     )
     p.set_defaults(run=run)
+
+
+def write_thumbnail(rgba: np.ndarray, path: str | Path) -> None:
+    """The colour heatmap as a PNG of :data:`THUMBNAIL_PX` px on its longer side, atomically:
+    nearest-neighbour, so each window stays one flat colour, also when a small grid (one
+    pixel per window) is enlarged; flat colours keep the file at a few kB."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(rgba), "RGBA")
+    scale = THUMBNAIL_PX / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    with atomic_path(path) as tmp:
+        image.resize(size, Image.Resampling.NEAREST).save(tmp, format="PNG")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     rgb_desc["color_scale"] = args.color_scale
     rgba = colorize(band, lut, vmin, vmax)
     write_tiff(args.rgb_out, rgba, pixel_um=pixel_um, description=json.dumps(rgb_desc))
+    if args.thumbnail_out:
+        write_thumbnail(rgba, args.thumbnail_out)
     rows, cols = raster.shape[:2]
     print(
         f"heatmap: {grid.window_count} windows -> {rows}x{cols} px, {raster.shape[2]} band(s), "

@@ -26,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--thumbnail", help="thumbnail PNG (default: `thumbnail` of level.json)")
     p.add_argument("--mask", help="tissue mask PNG (default: `mask` of level.json)")
     p.add_argument("--benchmark", help="Snakemake benchmark TSV of the infer job")
+    p.add_argument("--features-json", help="features.json of `wsiproc features` (shown)")
+    p.add_argument("--slide-json", help="slide.json of `wsiproc slide-predict` (shown)")
     p.add_argument("--out", required=True, help="qc.json to write")
     p.add_argument("--html", required=True, help="qc.html to write")
     p.add_argument(
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         mask=args.mask,
         benchmark=args.benchmark,
         html_path=args.html,
+        features_json=args.features_json,
+        slide_json=args.slide_json,
         thresholds=Thresholds(
             blur_threshold=args.blur_threshold,
             pen_threshold=args.pen_threshold,

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..cohort import cohort_status
 from ..qc.report import write_cohort_report
-from .status import add_cohort_arguments
+from .status import add_cohort_arguments, read_cohort
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the cohort report and print the summary lines; return 0 (failed slides too)."""
-    cohort = cohort_status(args.sheet, args.results, args.logs)
+    cohort = read_cohort(args)
     write_cohort_report(cohort, out_html=args.out_html, out_tsv=args.out_tsv)
     print("\n".join(cohort.summary_lines(args.out_html)))
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cohort import cohort_status
+from ..cohort import CohortStatus, cohort_status
 
 
 def add_cohort_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,6 +16,27 @@ def add_cohort_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sheet", required=True, help="sample sheet (TSV with patient, slide)")
     p.add_argument("--results", required=True, help="the workflow's results directory")
     p.add_argument("--logs", required=True, help="the workflow's log directory")
+    p.add_argument(
+        "--features",
+        action="store_true",
+        help="the run extracts features (config features.enabled): check that stage too",
+    )
+    p.add_argument(
+        "--slide-model",
+        action="store_true",
+        help="the run has a slide model (config slide_model.enabled): check its stages too",
+    )
+
+
+def read_cohort(args: argparse.Namespace) -> CohortStatus:
+    """The cohort status named by :func:`add_cohort_arguments`' arguments."""
+    return cohort_status(
+        args.sheet,
+        args.results,
+        args.logs,
+        features=args.features,
+        slide_model=args.slide_model,
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the summary lines; return 0 whatever the slides' status."""
-    cohort = cohort_status(args.sheet, args.results, args.logs)
+    cohort = read_cohort(args)
     report = cohort.layout.report_html
     print("\n".join(cohort.summary_lines(report if report.is_file() else None)))
     return 0

@@ -31,6 +31,7 @@ from .inputs import (
     resolve_recorded,
     scan_windows,
 )
+from .stages import features_summary, prediction_summary
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def build_qc(
     benchmark: str | Path | None = None,
     html_path: str | Path | None = None,
     thresholds: Thresholds = Thresholds(),
+    features_json: str | Path | None = None,
+    slide_json: str | Path | None = None,
 ) -> SlideQC:
     """Measure one slide from the files of earlier stages.
 
@@ -99,6 +102,9 @@ def build_qc(
         Snakemake benchmark TSV of the ``infer`` job; default: ``elapsed_s`` of ``windows.json``.
     html_path : path, optional
         Where ``qc.html`` will be written, recorded for the cohort report's links.
+    features_json, slide_json : path, optional
+        Records of the features and slide-model stages: summarised into ``features`` and
+        ``prediction`` (null without them); the slide model's flags join the slide's.
 
     Raises
     ------
@@ -221,6 +227,11 @@ def build_qc(
         "mask": None if mask_path is None else str(mask_path),
         "html": None if html_path is None else str(html_path),
     }
+    record["features"] = None if features_json is None else features_summary(features_json)
+    prediction = None if slide_json is None else prediction_summary(slide_json)
+    record["prediction"] = prediction
+    if prediction is not None:
+        record["flags"] += [f for f in prediction["flags"] if f not in record["flags"]]
     for note in notes:
         log.warning("%s: %s", slide, note)
     return SlideQC(record, rgb, tissue, overlay, ink, values, value_range)

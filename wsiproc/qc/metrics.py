@@ -39,8 +39,10 @@ SUMMARY_KEYS = ("count", "nan", "mean", "std", "min", "p5", "median", "p95", "ma
 
 FLAGS = (
     "no_windows", "no_tissue", "blurry", "pen_marks", "read_errors", "upsampled", "missing_mpp",
+    "no_patches", "attention_off_tissue",
 )  # fmt: skip
-"""Every flag :func:`flags` can return, in the order it returns them."""
+"""Every flag of ``qc.json``: those :func:`flags` returns, in its order, then the slide model's
+(``slide.json``'s ``qc_flags``, see :mod:`wsiproc.qc.stages`)."""
 
 
 def grey_from_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -46,6 +46,13 @@ RUNTIME_FACTS = (
 )  # fmt: skip
 """(label, ``qc.json`` key) of the page's Runtime table."""
 
+FEATURES_FACTS = (
+    ("Encoder", "encoder"), ("Patches embedded", "patches"), ("Dimension", "dim"),
+    ("Precision", "precision"), ("Device", "device"), ("Runtime (s)", "runtime_s"),
+    ("Patches / s", "patches_per_s"),
+)  # fmt: skip
+"""(label, key of ``qc.json``'s ``features``) of the page's Features table."""
+
 VIEWER_LINK_CLASS = "wsiproc-view"
 """Class of the links to the viewer's slide pages: hidden in the file, shown by ``wsiproc
 view`` when it serves the page (the links lead nowhere from disk)."""
@@ -161,6 +168,30 @@ def _charts(qc: SlideQC) -> dict[str, Any]:
     }
 
 
+def stage_tables(rec: dict[str, Any]) -> list[FactTable]:
+    """The Features and Slide prediction tables, for the stages that ran (``qc.json``'s
+    ``features`` and ``prediction``); the prediction's flag is the attention-on-background
+    check of ``slide.json``."""
+    tables = []
+    features = rec.get("features")
+    if features:
+        rows = [(label, features.get(key)) for label, key in FEATURES_FACTS]
+        tables.append(FactTable("Features", rows))
+    pred = rec.get("prediction")
+    if pred:
+        rows = [("Model", pred["model"]), ("Predicted class", pred["predicted_class"])]
+        prefix = "P" if pred["task"] == "classification" else "Value"
+        values = pred["values"] or [None] * len(pred["classes"])
+        rows += [(f"{prefix}({c})", v) for c, v in zip(pred["classes"], values, strict=True)]
+        rows.append(("Patches", pred["n_patches"]))
+        off, limit = pred["attention_off_tissue"], pred["attention_threshold"]
+        verdict = "flagged" if "attention_off_tissue" in pred["flags"] else "ok"
+        rows.append(("Attention on background (share)", off))
+        rows.append(("Attention on background", f"{verdict} (threshold {format_value(limit)})"))
+        tables.append(FactTable("Slide prediction", rows))
+    return tables
+
+
 def render_slide_html(qc: SlideQC, *, results: str | Path | None = None) -> str:
     """The self-contained ``qc.html`` page of one slide (no scripts, no external resources).
 
@@ -169,6 +200,7 @@ def render_slide_html(qc: SlideQC, *, results: str | Path | None = None) -> str:
     rec = qc.record
     slide_facts = [(label, rec.get(key)) for label, key in SLIDE_FACTS]
     fact_tables = [
+        *stage_tables(rec),
         FactTable("Runtime", [(label, rec.get(key)) for label, key in RUNTIME_FACTS]),
         FactTable("Thresholds", list(rec["thresholds"].items()), "Flag threshold"),
     ]

@@ -26,6 +26,13 @@ from . import metrics
 from .collect import load_qc
 from .inputs import resolve_recorded
 from .render import ViewerLinks
+from .report_stages import (
+    StageColumns,
+    attention_thumbnail,
+    class_values,
+    record_values,
+    stage_columns,
+)
 from .sortable import Column, SortableTable
 
 QC_COLUMNS = (
@@ -70,21 +77,32 @@ def thumbnail_path(record: dict[str, Any], qc_json: str | Path) -> Path | None:
     return recorded if recorded is not None and recorded.is_file() else None
 
 
+def summary_columns(stage: StageColumns) -> tuple[str, ...]:
+    """:data:`SUMMARY_COLUMNS` with the optional stages' columns after the QC numbers."""
+    at = SUMMARY_COLUMNS.index("qc_html")
+    return (*SUMMARY_COLUMNS[:at], *stage.keys, *SUMMARY_COLUMNS[at:])
+
+
 def summary_rows(cohort: CohortStatus, report_dir: str | Path) -> list[dict[str, Any]]:
-    """One :data:`SUMMARY_COLUMNS` dict per slide of the sheet, sorted by patient then slide ID.
+    """One :func:`summary_columns` dict per slide of the sheet, sorted by patient then slide ID.
 
     QC columns come from ``qc.json`` for ``ok`` and ``flagged`` slides only (a failed slide's
-    ``qc.json`` may be left from an earlier run); ``qc_html`` is the link to the slide's
-    ``qc.html`` relative to ``report_dir``. ``thumbnail`` (not a TSV column) is the slide's
-    ``thumbnail.png``, or None.
+    ``qc.json`` may be left from an earlier run), and so do the features and prediction
+    columns of a run with those stages; ``qc_html`` is the link to the slide's ``qc.html``
+    relative to ``report_dir``. ``thumbnail`` and ``attention_thumbnail`` (not TSV columns)
+    are the slide's ``thumbnail.png`` and ``attention.png``, or None.
     """
     rows = []
     for slide in cohort.slides:
         row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS)
-        row["thumbnail"] = None
+        row["thumbnail"] = row["attention_thumbnail"] = row["_prediction"] = None
         if slide.qc_json is not None:
             record = load_qc(slide.qc_json)
             row.update({key: record.get(key) for key in QC_COLUMNS})
+            if cohort.features or cohort.slide_model:
+                row.update(record_values(record))
+            if cohort.slide_model:
+                row["attention_thumbnail"] = attention_thumbnail(slide.qc_json)
             row["flags"] = list(record.get("flags") or [])
             link = qc_html_path(record, slide.qc_json)
             row["qc_html"] = os.path.relpath(link, start=report_dir)
@@ -93,8 +111,18 @@ def summary_rows(cohort: CohortStatus, report_dir: str | Path) -> list[dict[str,
         row.update(failed_stage=slide.stage, error=slide.error)
         row["log"] = None if slide.log is None else str(slide.log)
         rows.append(row)
+    stage = report_stage_columns(cohort, rows)
+    for row in rows:
+        for key in stage.keys:
+            row.setdefault(key, None)
+        class_values(row, stage)
     rows.sort(key=lambda r: (r["patient"], r["slide_id"]))
     return rows
+
+
+def report_stage_columns(cohort: CohortStatus, rows: Sequence[dict[str, Any]]) -> StageColumns:
+    """The columns the run's optional stages add to the report and ``summary.tsv``."""
+    return stage_columns(rows, features=cohort.features, slide_model=cohort.slide_model)
 
 
 def png_size(path: Path) -> tuple[int, int] | None:
@@ -186,12 +214,13 @@ def _slide_lines(rows: Sequence[dict[str, Any]], report_dir: str | Path) -> list
     lines = []
     for r in rows:
         qc_href = None if r["qc_html"] is None else quote(Path(r["qc_html"]).as_posix())
-        thumb = r["thumbnail"]
+        thumb, attention = r["thumbnail"], r["attention_thumbnail"]
         lines.append(
             {
                 **r,
                 "qc_href": qc_href,
                 "thumb": _thumbnail(thumb, report_dir) if thumb and qc_href else None,
+                "attention": _thumbnail(attention, report_dir) if attention and qc_href else None,
                 "log_href": None if r["log"] is None else href(r["log"], report_dir),
                 "status_text": r["status"]
                 if r["failed_stage"] is None
@@ -224,6 +253,11 @@ def render_cohort_html(
     """The cohort ``report.html``: counts, run facts, failed slides, patients, flags, one line
     per slide. The viewer command names the run's results folder, wherever the report is."""
     lines = _slide_lines(rows, report_dir)
+    stage = report_stage_columns(cohort, rows)
+    columns = (
+        *SLIDE_COLUMNS[:1], *stage.thumb_columns, *SLIDE_COLUMNS[1:-2], *stage.columns,
+        *SLIDE_COLUMNS[-2:],
+    )  # fmt: skip
     failed = [r for r in lines if r["status"] == FAILED]
     filter_ids = "Filter by slide or patient id"
     run_facts = [
@@ -246,7 +280,8 @@ def render_cohort_html(
             PATIENT_STATUSES,
         ),
         flag_counts=[(f, sum(f in (r["flags"] or ()) for r in rows)) for f in metrics.FLAGS],
-        slides=SortableTable("slides", SLIDE_COLUMNS, lines, filter_ids, STATUSES),
+        slides=SortableTable("slides", columns, lines, filter_ids, STATUSES),
+        stage=stage,
     )
 
 
@@ -255,8 +290,9 @@ def write_cohort_report(cohort: CohortStatus, *, out_html: str | Path, out_tsv: 
     report_dir = Path(out_html).parent
     rows = summary_rows(cohort, report_dir)
     page = render_cohort_html(cohort, rows, report_dir)
-    tsv = "\t".join(SUMMARY_COLUMNS) + "\n"
-    tsv += "".join("\t".join(_tsv_value(r[k]) for k in SUMMARY_COLUMNS) + "\n" for r in rows)
+    keys = summary_columns(report_stage_columns(cohort, rows))
+    tsv = "\t".join(keys) + "\n"
+    tsv += "".join("\t".join(_tsv_value(r[k]) for k in keys) + "\n" for r in rows)
     with atomic_write(out_html) as fh:
         fh.write(page)
     with atomic_write(out_tsv) as fh:

@@ -26,8 +26,8 @@ from ..qc.render import VIEWER_HINT_CLASS, VIEWER_LINK_CLASS
 from .cache import TileCache
 from .catalog import Catalog, SlideEntry
 from .memory import MemoryTrimmer
-from .overlay import encode_png
-from .pages import render_index, render_slide
+from .overlay import HeatmapRaster, encode_png
+from .pages import ATTENTION_PATH, render_index, render_slide
 from .resources import ResourceRegistry, SlideResources
 from .tiles import encode_jpeg
 
@@ -176,7 +176,9 @@ class Viewer:
         if rest[0] == "slide_files" and res.tiler is not None:
             return self._slide_tile(res, "/".join(rest[1:]), etag)
         if rest[0] == "heatmap" and len(rest) >= 3 and res.raster is not None:
-            return self._heatmap(res, rest[1], rest[2:], etag)
+            return self._heatmap(res, res.raster, rest[1], rest[2:], etag)
+        if rest[0] == ATTENTION_PATH and len(rest) >= 3 and res.attention is not None:
+            return self._heatmap(res, res.attention.raster, rest[1], rest[2:], etag)
         if tail == "window.json" and res.table is not None:
             return self._window_at(res, query)
         if tail == "windows.json" and res.table is not None:
@@ -194,10 +196,15 @@ class Viewer:
         return self._tile(key, etag, "image/jpeg", lambda: _jpeg(tiler.tile_rgb(level, col, row)))
 
     def _heatmap(
-        self, res: SlideResources, output: str, rest: list[str], etag: str | None
+        self,
+        res: SlideResources,
+        raster: HeatmapRaster | None,
+        output: str,
+        rest: list[str],
+        etag: str | None,
     ) -> Response:
-        """The heatmap's DZI or one PNG tile, for one output and colormap."""
-        raster, tiler = res.raster, res.tiler
+        """A heatmap layer's DZI or one PNG tile, for one output and colormap."""
+        tiler = res.tiler
         if raster is None or tiler is None or output not in raster.outputs:
             return not_found()
         stem, _, suffix = rest[0].rpartition(".")
@@ -211,7 +218,7 @@ class Viewer:
         level, col, row = (int(match.group(i)) for i in (1, 2, 3))
         band = raster.outputs.index(output)
         vmin, vmax = raster.value_range(band)
-        key = ("heatmap", res.signature, band, colormap, vmin, vmax, level, col, row)
+        key = ("heatmap", raster.path, res.signature, band, colormap, vmin, vmax, level, col, row)
         lut = lookup_table(colormap)
 
         def render() -> bytes | None:
@@ -251,9 +258,11 @@ class Viewer:
             return not_found("give x and y in level-0 pixels")
         found = res.table.window_at(*point)
         if found is None:
-            return _json({"row": None, "col": None, "columns": res.table.columns, "fields": None})
+            reply = {"row": None, "col": None, "columns": res.table.columns, "fields": None}
+            return _json({**reply, "attention": attention_at(res, *point)})
         row, col, fields = found
-        return _json({"row": row, "col": col, "columns": res.table.columns, "fields": fields})
+        reply = {"row": row, "col": col, "columns": res.table.columns, "fields": fields}
+        return _json({**reply, "attention": attention_at(res, *point)})
 
     def _windows_in(self, res: SlideResources, query: dict[str, str]) -> Response:
         """Boxes of the windows in a level-0 box (``?x=&y=&w=&h=``), for their outlines."""
@@ -262,6 +271,19 @@ class Viewer:
             return not_found("give x, y, w and h in level-0 pixels")
         found = res.table.windows_in(*box, limit=MAX_OUTLINE_ROWS)
         return _json({"windows": found or [], "truncated": found is None})
+
+
+def attention_at(res: SlideResources, l0_x: float, l0_y: float) -> dict[str, str] | None:
+    """Each attention head's value of the slide model's patch under a level-0 point (its own
+    grid: the encoder's patches need not be the patch model's windows); None if none."""
+    if res.attention is None:
+        return None
+    found = res.attention.table.window_at(l0_x, l0_y)
+    if found is None or found[2] is None:
+        return None
+    columns, fields = res.attention.table.columns, found[2]
+    heads = res.attention.record.output_names
+    return {name: fields[columns.index(name)] for name in heads if name in columns}
 
 
 def _numbers(query: dict[str, str], keys: tuple[str, ...]) -> tuple[float, ...] | None:

@@ -103,13 +103,16 @@ class HeatmapRaster:
 
     def value_range(self, band: int) -> tuple[float, float]:
         """The colour range of ``band``: the one ``heatmap_rgb.tif`` used for its output (so
-        both show the same colours), else 1st–99th percentile as ``wsiproc heatmap`` does."""
+        both show the same colours) unless it coloured ranks, else 1st–99th percentile as
+        ``wsiproc heatmap`` does."""
         with self._lock:
             if band in self._ranges:
                 return self._ranges[band]
         preset = self._preset
         recorded = preset.get("vmin"), preset.get("vmax")
-        if preset.get("output") == self.outputs[band] and _finite(*recorded):
+        # A rank colour scale (attention maps) records ranks in [0, 1], not values.
+        by_value = preset.get("color_scale", "value") == "value"
+        if preset.get("output") == self.outputs[band] and by_value and _finite(*recorded):
             found = (float(preset["vmin"]), float(preset["vmax"]))
         else:
             page = next(

@@ -24,6 +24,13 @@ STATIC_PREFIX = "/static/"
 SCRIPTS = ("openseadragon/openseadragon.min.js", "viewer.js")
 """The slide page's scripts, under :data:`STATIC_PREFIX`, in load order."""
 
+ATTENTION_PATH = "attention"
+"""URL segment of the attention layer's DZIs and tiles under a slide's page (``heatmap`` is
+the patch model's)."""
+
+ATTENTION_SUFFIX = " (slide model)"
+"""Added to an attention head's name in the layer choice, beside the patch model's outputs."""
+
 STATUS_CLASSES = {OK: "ok", FLAGGED: "flagged", FAILED: "failed"}
 """CSS class of each status badge; any other status (not run) is ``notrun``."""
 
@@ -85,20 +92,32 @@ def slide_settings(res: SlideResources) -> dict[str, Any]:
     if res.tiler is not None:
         info = res.tiler.pool.info
         settings.update(dzi=f"{base}/slide.dzi", width=info.width, height=info.height)
+    layers = []
     if res.raster is not None:
-        raster = res.raster
-        made_with = raster.default_colormap
+        layers.append((res.raster, f"{base}/heatmap/", ""))
+    if res.attention is not None:
+        layers.append((res.attention.raster, f"{base}/{ATTENTION_PATH}/", ATTENTION_SUFFIX))
+    if layers:
+        first = layers[0][0]
+        made_with = first.default_colormap
         colormap = made_with if made_with and is_colormap(made_with) else DEFAULT_COLORMAP
         choices = list(COMMON_COLORMAPS)
         if colormap not in choices:
             choices.append(colormap)
+        labels, urls, ranges = [], {}, {}
+        for raster, url, suffix in layers:
+            for i, name in enumerate(raster.outputs):
+                label = name + suffix
+                labels.append(label)
+                urls[label] = url + quote(name, safe="") + "/"
+                ranges[label] = raster.value_range(i)
         settings["heatmap"] = {
-            "base": f"{base}/heatmap/",
-            "outputs": list(raster.outputs),
-            "output": raster.default_output,
+            "outputs": labels,
+            "output": first.default_output + layers[0][2],
+            "urls": urls,
             "colormaps": choices,
             "colormap": colormap,
-            "ranges": {name: raster.value_range(i) for i, name in enumerate(raster.outputs)},
+            "ranges": ranges,
         }
     if res.table is not None and res.record is not None:
         record = res.record
@@ -121,5 +140,6 @@ def render_slide(res: SlideResources) -> str:
         slide=_slide_view(entry),
         problems=[p for p in (res.slide_error, res.overlay_error) if p],
         settings=slide_settings(res),
+        prediction=res.prediction,
         scripts=[STATIC_PREFIX + name for name in SCRIPTS],
     )

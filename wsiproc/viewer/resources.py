@@ -16,11 +16,41 @@ from ..errors import WsiprocError
 from ..record import WindowsRecord, read_record
 from .catalog import SlideEntry
 from .overlay import HeatmapRaster
+from .prediction import SlidePrediction, read_prediction
 from .tiles import SlidePool, SlideTiler, file_signature
 from .windows import WindowTable
 
-FILES = ("windows.json", "windows.csv", "heatmap.tif", "heatmap_rgb.tif")
-"""The slide's result files the viewer reads (besides the slide file itself)."""
+FILES: tuple[str, str, str, str] = ("windows.json", "windows.csv", "heatmap.tif", "heatmap_rgb.tif")
+"""The patch model's result files the viewer reads (besides the slide file itself)."""
+
+ATTENTION_FILES: tuple[str, str, str, str] = (
+    "attention.json",
+    "attention.csv",
+    "attention.tif",
+    "attention_rgb.tif",
+)
+"""The slide model's attention layer (``wsiproc slide-predict`` + ``heatmap``), same contract."""
+
+PREDICTION_FILE = "slide.json"
+"""The slide model's prediction, shown in the side panel."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A heatmap layer: its float raster and the CSV rows under it (same record)."""
+
+    record: WindowsRecord
+    raster: HeatmapRaster
+    table: WindowTable
+
+
+def open_layer(entry: SlideEntry, files: tuple[str, str, str, str]) -> Layer:
+    """The (record, raster, table) of one layer's four files (record, CSV, float, colour)."""
+    meta, csv_name, tif, rgb = files
+    record = read_record(entry.file(meta))
+    raster = HeatmapRaster(entry.file(tif), record, rgb_path=entry.file(rgb))
+    table = WindowTable(entry.file(csv_name), record, window_pixels=raster.window_pixels)
+    return Layer(record, raster, table)
 
 
 @dataclass(frozen=True)
@@ -40,6 +70,9 @@ class SlideResources:
     raster: HeatmapRaster | None
     table: WindowTable | None
     overlay_error: str | None
+    attention: Layer | None = None
+    """The slide model's attention layer, when ``attention.json`` exists and opens."""
+    prediction: SlidePrediction | None = None
 
     @property
     def mpp(self) -> float | None:
@@ -76,7 +109,8 @@ class ResourceRegistry:
         signature = (
             str(slide_path),
             file_signature(slide_path) if slide_path is not None else None,
-            *(file_signature(entry.file(name)) for name in FILES),
+            *(file_signature(entry.file(name)) for name in (*FILES, *ATTENTION_FILES)),
+            file_signature(entry.file(PREDICTION_FILE)),
         )
         with self._lock:
             current = self._open.get(entry.slide_id)
@@ -116,13 +150,18 @@ def _open(
     record = raster = table = None
     overlay_error = None
     try:
-        record = read_record(entry.file("windows.json"))
-        raster = HeatmapRaster(
-            entry.file("heatmap.tif"), record, rgb_path=entry.file("heatmap_rgb.tif")
-        )
-        table = WindowTable(entry.file("windows.csv"), record, window_pixels=raster.window_pixels)
+        layer = open_layer(entry, FILES)
+        record, raster, table = layer.record, layer.raster, layer.table
     except WsiprocError as exc:
         overlay_error = str(exc)
+    attention = None
+    if entry.file(ATTENTION_FILES[0]).is_file():
+        try:
+            attention = open_layer(entry, ATTENTION_FILES)
+        except WsiprocError as exc:
+            overlay_error = "; ".join(p for p in (overlay_error, f"attention: {exc}") if p)
+    prediction = read_prediction(entry.file(PREDICTION_FILE))
     return SlideResources(
-        entry, signature, tiler, slide_error, record, raster, table, overlay_error
-    )
+        entry, signature, tiler, slide_error, record, raster, table, overlay_error,
+        attention, prediction,
+    )  # fmt: skip

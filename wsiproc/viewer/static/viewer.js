@@ -42,8 +42,8 @@
 
   // --- heatmap layer, its controls and legend ---------------------------------------------
   function heatmapUrl() {
-    return settings.heatmap.base + encodeURIComponent(state.output) + "/" +
-      encodeURIComponent(state.colormap) + ".dzi";
+    // Each layer (the patch model's outputs, the slide model's attention) has its own URL.
+    return settings.heatmap.urls[state.output] + encodeURIComponent(state.colormap) + ".dzi";
   }
 
   function showHeatmap() {
@@ -161,6 +161,21 @@
     }
   }
 
+  // The slide model's attention of the patch under the click (its own grid), if it has one.
+  function showAttention(attention) {
+    if (!attention) { return; }
+    var table = document.createElement("table");
+    table.id = "attention-table";
+    Object.keys(attention).forEach(function (name) {
+      var tr = table.insertRow();
+      var th = document.createElement("th");
+      th.textContent = "Attention: " + name;
+      tr.appendChild(th);
+      tr.insertCell().textContent = attention[name];
+    });
+    $("window-info").appendChild(table);
+  }
+
   function showWindow(data) {
     var info = $("window-info");
     info.textContent = "";
@@ -169,6 +184,7 @@
       info.textContent = data.row === null ? "Outside the window grid." :
         "No window at row " + data.row + ", col " + data.col +
         " (too little tissue: not processed, so no CSV row).";
+      showAttention(data.attention);
       drawOutlines();
       return;
     }
@@ -182,6 +198,7 @@
       tr.insertCell().textContent = data.fields[i];
     });
     info.appendChild(table);
+    showAttention(data.attention);
     var col = function (name) { return Number(data.fields[data.columns.indexOf(name)]); };
     state.selected = [col("row"), col("col"), col("x"), col("y"), col("width"), col("height")];
     drawOutlines();
