@@ -71,17 +71,18 @@ def infer_boxes(slide: Path, out: Path, *extra: str) -> list[dict[str, str]]:
 
 
 def test_min_tissue_zero_runs_every_window_without_any_gating(boxes_slide, tmp_path):
-    """All 30 cells come out, the inked ones too; no thumbnail is read, so tissue is NaN."""
+    """All 30 cells come out, the inked ones and the white ones too; the thumbnail still fills
+    the tissue column (ink is never tissue), but nothing is gated on it."""
     out = tmp_path / "all" / "windows.csv"
     rows = infer_boxes(boxes_slide, out, "--min-tissue", "0")
     assert cells(rows) == [(r, c) for r in range(5) for c in range(6)]
-    assert all(math.isnan(float(r["tissue"])) for r in rows)
+    tissue = {cell: float(r["tissue"]) for cell, r in zip(cells(rows), rows, strict=True)}
+    assert tissue[(0, 0)] == 0.0 and tissue[(1, 2)] == 1.0
     red = next(r for r in rows if cells([r]) == [(0, 0)])
     assert float(red["mean_r"]) > 200 > 50 > float(red["mean_g"])  # the ink window's pixels
     record = record_of(out)
     assert record["windows_processed"] == 30 and record["windows_skipped"] == 0
-    assert record["tissue_unknown"] is True and record["tissue_source"] == "none"
-    assert "min_tissue 0" in record["tissue_unknown_reason"]
+    assert record["tissue_unknown"] is False and record["tissue_source"] == "thumbnail"
 
 
 def test_min_tissue_zero_with_a_mask_keeps_every_window_and_fills_tissue(boxes_slide, tmp_path):
@@ -218,6 +219,9 @@ def test_min_tissue_zero_runs_a_slide_whose_thumbnail_cannot_be_decoded(thumbles
     assert infer_svs(thumbless_svs, out, "--level", "0", "--min-tissue", "0") == 0
     rows = rows_of(out)
     assert len(rows) == 16 and not any(math.isnan(float(r["mean_r"])) for r in rows)
+    assert all(math.isnan(float(r["tissue"])) for r in rows)
+    record = record_of(out)
+    assert record["tissue_unknown"] is True and THUMBNAIL_PROBLEM in record["tissue_unknown_reason"]
 
 
 def test_fail_on_an_undecodable_thumbnail_is_one_line_in_level_and_infer(

@@ -247,6 +247,8 @@ def test_resume_fingerprint_ignores_which_gpu():
         "stride_px": 8,
         "border": "valid",
         "min_tissue": 0.0,
+        "max_ink": 0.1,
+        "tissue_source": "thumbnail",
         "model": "m.pt",
         "model_identity": "x",
         "outputs": ("a",),

@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Predict one slide; raise WsiprocError subclasses on bad input or failed writes."""
     from ..slidemodel.features import grid_cells, read_bag, read_header
-    from ..slidemodel.model import load_slide_model
+    from ..slidemodel.load import load_slide_model
     from ..slidemodel.outputs import (
         Prediction,
         attention_record,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .features import FeatureHeader, GridCells, grid_cells, read_bag, read_header
-from .model import SlideModel, SlideModelSpec, SlideOutput, load_slide_model, parse_spec
+from .load import load_slide_model
+from .model import SlideModel, SlideModelSpec, SlideOutput, parse_spec
 
 __all__ = [
     "FeatureHeader",

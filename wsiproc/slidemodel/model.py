@@ -8,16 +8,13 @@ fails with one line naming the file instead of writing a plausible-looking predi
 
 from __future__ import annotations
 
-import json
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ModelError, one_line
-from ..models import BUILTIN_PREFIX, PRECISIONS, file_sha256, sidecar_path
+from ..models import PRECISIONS
 
 TASKS = ("classification", "regression")
 
@@ -196,51 +193,3 @@ def _to_numpy(value: Any, source: str) -> np.ndarray:
     if not isinstance(value, torch.Tensor):
         raise ModelError(source, f"forward returned {type(value).__name__}, not a tensor")
     return value.detach().float().cpu().numpy().astype(np.float64)
-
-
-def load_slide_model(source: str, *, device: str, dim: int) -> SlideModel:
-    """Load ``builtin:<name>`` (built for width ``dim``) or a TorchScript/.pt2 file + sidecar.
-
-    Raises
-    ------
-    ModelError
-        The file, its sidecar or a sidecar key is missing or unreadable.
-    ConfigError
-        An unknown device.
-    """
-    from ..models import resolve_device
-
-    device = resolve_device(device)
-    if source.startswith(BUILTIN_PREFIX):
-        from .builtin import load_builtin
-
-        return load_builtin(source, dim=dim, device=device)
-    path = Path(source)
-    if not path.is_file():
-        raise ModelError(source, "no such slide model file")
-    side = sidecar_path(path)
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelError(str(side), "slide model sidecar JSON not found") from exc
-    except (OSError, ValueError) as exc:
-        raise ModelError(str(side), f"unreadable slide model sidecar: {one_line(exc)}") from exc
-    spec = parse_spec(data, str(side))
-    module = _load_module(path, device)
-    return SlideModel(source, spec, module, file_sha256(path), device)
-
-
-def _load_module(path: Path, device: str) -> Any:
-    """A TorchScript module or a ``torch.export`` program's module, in eval mode."""
-    import torch
-
-    try:
-        if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module().to(device)
-        with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location=device)
-        module.eval()
-        return module
-    except Exception as exc:  # noqa: BLE001 - any load failure is a model error
-        raise ModelError(str(path), f"not a loadable slide model: {one_line(exc)}") from exc

@@ -2,9 +2,10 @@
 
 The gating contract (docs/contracts.md) in one place, so the engine only calls it:
 
-* ``min_tissue == 0``: every window of the grid, no gating of any kind; the thumbnail is
-  never read. A given mask file still fills the ``tissue`` column (a PNG read, no slide
-  decode); without one the column is NaN (not measured).
+* ``min_tissue == 0``: every window of the grid, no gating of any kind. The ``tissue`` column
+  still comes from a given mask file, else from the thumbnail; a thumbnail that cannot be
+  decoded is no error then (whatever ``on_read_error``): the column is NaN and the reason
+  recorded.
 * ``min_tissue > 0``: tissue from the mask file, else from the slide's thumbnail; a window
   runs when its tissue fraction is >= ``min_tissue`` and its ink fraction <= ``max_ink``.
 * An undecodable thumbnail or mask (or the level stage's *unknown* mask): under
@@ -63,7 +64,7 @@ def measure_window_tissue(
     Parameters
     ----------
     slide : Slide
-        Open slide; its thumbnail is read only when ``min_tissue > 0`` and no ``mask``.
+        Open slide; its thumbnail is read when no ``mask`` is given.
     grid : Grid
         The run's window grid; masks cover the slide's bounds, as the thumbnail does.
     min_tissue : float
@@ -76,7 +77,7 @@ def measure_window_tissue(
     Raises
     ------
     SlideReadError
-        The thumbnail cannot be decoded, under ``fail``.
+        The thumbnail cannot be decoded, under ``fail`` with ``min_tissue > 0``.
     InputTableError
         The mask cannot be read, or holds no tissue information, under ``fail``.
     """
@@ -102,15 +103,14 @@ def measure_window_tissue(
         tissue = window_fractions(grid, tissue_px, bounds)
         ink = window_fractions(grid, ink_px, bounds) if gate else None
         return WindowTissue(tissue, ink, "mask")
-    if not gate:
-        return _unknown(grid, "not measured (min_tissue 0 and no mask)")
     from ..ink import ink_mask
     from ..tissue import THUMBNAIL_PX, tissue_mask
 
     try:
         thumb = slide.thumbnail_rgb(THUMBNAIL_PX)
     except SlideReadError as exc:
-        if not skip_read_errors:
+        # Without gating the thumbnail only fills the tissue column: never a reason to fail.
+        if gate and not skip_read_errors:
             raise
         return _unknown(grid, exc.problem)
     ink_px = ink_mask(thumb)
