@@ -18,6 +18,7 @@ from ..atomic import atomic_path
 from ..grid import Grid
 from ..level import LevelPlan
 from ..slide import SlideInfo
+from ..stream.assemble import grid_ordered_bands
 from ..stream.checkpoint import Checkpoint
 from ..stream.messages import GroupTask
 
@@ -94,37 +95,13 @@ def assemble_h5(
 ) -> int:
     """Write the features file from the checkpoint; return N (0 is a valid, empty file).
 
-    Groups come in row-major chunk order; as in the CSV assembly, once a group starting at
-    grid row R is read, every patch above R is final and is appended: memory holds about
-    one band of chunks, never the whole (N, D) array.
+    Patches are appended band by band in grid order (:func:`grid_ordered_bands`, as for the
+    CSV): memory holds about one band of chunks, never the whole (N, D) array.
     """
     import h5py
 
     width = ckpt.width
     n = 0
-    buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-
-    def flush(feats: Any, coords: Any, tis: Any, below_row: int | None) -> None:
-        nonlocal n, buffer
-        if not buffer:
-            return
-        rows = np.concatenate([p[0] for p in buffer]).astype(np.int64)
-        cols = np.concatenate([p[1] for p in buffer]).astype(np.int64)
-        values = np.concatenate([p[2] for p in buffer])
-        ready = np.ones(len(rows), dtype=bool) if below_row is None else rows < below_row
-        back = ~ready
-        buffer = [(rows[back], cols[back], values[back])] if back.any() else []
-        rows, cols, values = rows[ready], cols[ready], values[ready]
-        order = np.lexsort((cols, rows))
-        rows, cols, values = rows[order], cols[order], values[order]
-        m = len(rows)
-        for ds in (feats, coords, tis):
-            ds.resize(n + m, axis=0)
-        feats[n : n + m] = values
-        coords[n : n + m] = grid.l0_boxes(rows, cols)[:, :2]
-        tis[n : n + m] = tissue[rows, cols].astype(np.float32)
-        n += m
-
     with atomic_path(out) as tmp, h5py.File(tmp, "w", track_order=True) as fh:
         feats = fh.create_dataset(
             "features",
@@ -144,10 +121,12 @@ def assemble_h5(
         if encoder is not None:
             for key, value in features_attrs(encoder).items():
                 feats.attrs[key] = value
-        for group in groups:
-            if group.index not in ckpt.done:
-                continue
-            flush(feats, coords, tis, group.chunks[0].chunk.row0)
-            buffer.append(ckpt.read(group.index))
-        flush(feats, coords, tis, None)
+        for rows, cols, values in grid_ordered_bands(ckpt, groups):
+            m = len(rows)
+            for ds in (feats, coords, tis):
+                ds.resize(n + m, axis=0)
+            feats[n : n + m] = values
+            coords[n : n + m] = grid.l0_boxes(rows, cols)[:, :2]
+            tis[n : n + m] = tissue[rows, cols].astype(np.float32)
+            n += m
     return n

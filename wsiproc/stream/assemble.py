@@ -6,8 +6,8 @@ after an uninterrupted run and after any number of resumes (hence byte-identical
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
@@ -16,6 +16,45 @@ from ..grid import Grid
 from ..table import format_rows, header
 from .checkpoint import Checkpoint
 from .messages import GroupTask
+
+Band = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Rows, columns and output values of finished windows, in (row, col) order."""
+
+
+def grid_ordered_bands(ckpt: Checkpoint, groups: Sequence[GroupTask]) -> Iterator[Band]:
+    """Every checkpointed window, in (row, col) order, one band of rows at a time.
+
+    Groups are in row-major chunk order, so once a group starting at window row R is read,
+    every row above R is complete and is yielded: memory holds about one band of chunks. Both
+    assemblies (CSV and features file) read the checkpoint through this one order, so either
+    output is the same after an uninterrupted run and after any number of resumes.
+    """
+    buffer: list[Band] = []
+
+    def ready_part(below_row: int | None) -> Band | None:
+        nonlocal buffer
+        if not buffer:
+            return None
+        rows = np.concatenate([p[0] for p in buffer]).astype(np.int64)
+        cols = np.concatenate([p[1] for p in buffer]).astype(np.int64)
+        values = np.concatenate([p[2] for p in buffer])
+        ready = np.ones(len(rows), dtype=bool) if below_row is None else rows < below_row
+        back = ~ready
+        buffer = [(rows[back], cols[back], values[back])] if back.any() else []
+        rows, cols, values = rows[ready], cols[ready], values[ready]
+        order = np.lexsort((cols, rows))
+        return rows[order], cols[order], values[order]
+
+    for group in groups:
+        if group.index not in ckpt.done:
+            continue  # a collector that stopped early left it out
+        band = ready_part(group.chunks[0].chunk.row0)
+        if band is not None and len(band[0]):
+            yield band
+        buffer.append(ckpt.read(group.index))
+    band = ready_part(None)
+    if band is not None and len(band[0]):
+        yield band
 
 
 def assemble_csv(
@@ -30,47 +69,22 @@ def assemble_csv(
     patient: str,
     slide_id: str,
 ) -> int:
-    """Write the CSV (header only when no window was processed); return its row count.
-
-    Groups are in row-major chunk order, so once a group starting at window row R is loaded,
-    every row above R is complete and is written out: memory holds about one band of chunks.
-    """
+    """Write the CSV (header only when no window was processed); return its row count."""
     n = 0
-    buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-
-    def flush(fh: IO[str], below_row: int | None) -> None:
-        nonlocal n, buffer
-        if not buffer:
-            return
-        rows = np.concatenate([p[0] for p in buffer]).astype(np.int64)
-        cols = np.concatenate([p[1] for p in buffer]).astype(np.int64)
-        values = np.concatenate([p[2] for p in buffer])
-        ready = np.ones(len(rows), dtype=bool) if below_row is None else rows < below_row
-        keep_back = ~ready
-        buffer = [(rows[keep_back], cols[keep_back], values[keep_back])] if keep_back.any() else []
-        rows, cols, values = rows[ready], cols[ready], values[ready]
-        order = np.lexsort((cols, rows))
-        rows, cols, values = rows[order], cols[order], values[order]
-        fh.write(
-            format_rows(
-                patient,
-                slide_id,
-                rows,
-                cols,
-                grid.l0_boxes(rows, cols),
-                level,
-                tissue[rows, cols],
-                values,
-            )
-        )
-        n += len(rows)
-
     with atomic_write(out) as fh:
         fh.write(",".join(header(names)) + "\n")
-        for group in groups:
-            if group.index not in ckpt.done:
-                continue  # a collector that stopped early left it out
-            flush(fh, group.chunks[0].chunk.row0)
-            buffer.append(ckpt.read(group.index))
-        flush(fh, None)
+        for rows, cols, values in grid_ordered_bands(ckpt, groups):
+            fh.write(
+                format_rows(
+                    patient,
+                    slide_id,
+                    rows,
+                    cols,
+                    grid.l0_boxes(rows, cols),
+                    level,
+                    tissue[rows, cols],
+                    values,
+                )
+            )
+            n += len(rows)
     return n
