@@ -11,8 +11,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from .infer import _default_workers
-from .options import add_level_options, level_spec
+from .options import add_stream_options, level_spec
 
 MPP_TOLERANCE = 0.02
 """A processing mpp within 2% of the encoder's counts as the same (as for models)."""
@@ -37,15 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0.25,
         help="skip patches with a smaller tissue fraction (0 = embed all)",
     )
-    p.add_argument(
-        "--mask",
-        metavar="MASK_PNG",
-        help="tissue/ink mask written by `wsiproc level --mask` (default: detect it here)",
-    )
-    add_level_options(p)
-    p.add_argument("--workers", type=int, default=_default_workers(), help="loader processes")
-    p.add_argument("--batch-size", type=int, default=32, help="patches per encoder batch")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_stream_options(p, "patches")
     p.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16", "auto"),

@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from ..precision import PRECISIONS
-from .options import add_level_options, level_spec
-
-
-def _default_workers() -> int:
-    return max(
-        1,
-        min(
-            4,
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1),
-        ),
-    )
+from .options import add_stream_options, level_spec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--min-tissue",
         type=float,
         default=0.25,
-        help="skip windows with a smaller tissue fraction (0 = every window, no gating, "
-        "no thumbnail read)",
+        help="skip windows with a smaller tissue fraction (0 = every window, no gating; an "
+        "undecodable thumbnail then only leaves the tissue column NaN)",
     )
     p.add_argument(
         "--max-ink",
@@ -63,15 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="LEVEL_JSON",
         help="use the level chosen by `wsiproc level` instead of the options below",
     )
-    p.add_argument(
-        "--mask",
-        metavar="MASK_PNG",
-        help="tissue/ink mask written by `wsiproc level --mask` (default: detect it here)",
-    )
-    add_level_options(p)
-    p.add_argument("--workers", type=int, default=_default_workers(), help="loader processes")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per model batch")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_stream_options(p, "windows")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,

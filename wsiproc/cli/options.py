@@ -1,8 +1,9 @@
-"""Command-line options shared by several stages (level choice)."""
+"""Command-line options shared by several stages (level choice, the stream's knobs)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..level import LevelSpec
 
@@ -43,3 +44,25 @@ def level_spec(args: argparse.Namespace) -> LevelSpec:
         fallback_mpp=args.fallback_mpp,
         allow_upsampling=args.allow_upsampling,
     )
+
+
+def default_workers() -> int:
+    """Loader processes by default: the usable cores, 1 to 4."""
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
+    return max(1, min(4, cores))
+
+
+def add_stream_options(parser: argparse.ArgumentParser, unit: str) -> None:
+    """What ``infer`` and ``features`` share: the gating mask, the level choice, and how the
+    stream runs (loaders, batch, device); ``unit`` names what is batched (windows, patches)."""
+    parser.add_argument(
+        "--mask",
+        metavar="MASK_PNG",
+        help="tissue/ink mask written by `wsiproc level --mask` (default: detect it here)",
+    )
+    add_level_options(parser)
+    parser.add_argument("--workers", type=int, default=default_workers(), help="loader processes")
+    parser.add_argument("--batch-size", type=int, default=32, help=f"{unit} per model batch")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
