@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
+from _kill import kill_after_two_checkpoints
 from PIL import Image
 
 import wsiproc.cli
@@ -398,24 +399,7 @@ def killed_run(tiff_slide, tmp_path_factory) -> KilledRun:
         *KILL_ARGS,
     ]
     env = {**os.environ, "WSIPROC_TEST_SLEEP": "0.05"}
-    proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    index = partial_dir(out) / INDEX_FILE
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if index.exists() and len(index.read_bytes().splitlines()) >= 2:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"run ended before it could be killed: {proc.communicate()}"
-        assert time.monotonic() < deadline, "no two chunks checkpointed within 60 s"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the engine, its loaders and its writer
-        except ProcessLookupError:
-            pass
-        proc.communicate()
+    proc = kill_after_two_checkpoints(cmd, out, 60, env)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists() and not out.with_suffix(".json").exists()
     saved = work / "saved.partial"

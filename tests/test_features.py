@@ -9,11 +9,8 @@ independent OpenSlide read of each patch.
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -21,12 +18,12 @@ import numpy as np
 import openslide
 import pytest
 from _encoders import MeanColour, Slow, seeded, sidecar, write_encoder
+from _kill import kill_after_two_checkpoints
 
 from wsiproc import synth
 from wsiproc.cli import main
 from wsiproc.features.encoder import Encoder
 from wsiproc.precision import resolve_precision
-from wsiproc.stream.checkpoint import INDEX_FILE
 from wsiproc.stream.engine import partial_dir
 
 COORDS_ATTRS = (
@@ -195,26 +192,7 @@ def test_killed_run_resumes_to_identical_features_and_coords(tiff_slide, tmp_pat
     enc = write_encoder(tmp_path / "slow.pt", seeded(Slow, 8, 10), sidecar("slow", 64, 8))
     killed = tmp_path / "killed" / "features.h5"
     killed.parent.mkdir()
-    proc = subprocess.Popen(
-        _features_cmd(tiff_slide, enc, killed),
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    index = partial_dir(killed) / INDEX_FILE
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if index.exists() and len(index.read_bytes().splitlines()) >= 2:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"ended before the kill: {proc.communicate()}"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate()
+    kill_after_two_checkpoints(_features_cmd(tiff_slide, enc, killed), killed, 120)
     assert not killed.exists()
     resumed = subprocess.run(_features_cmd(tiff_slide, enc, killed), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr

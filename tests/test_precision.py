@@ -8,16 +8,13 @@ never by speed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _kill import kill_after_two_checkpoints
 
 from wsiproc import synth
 from wsiproc.cli import main
@@ -31,7 +28,6 @@ from wsiproc.precision import (
     resolve_precision,
     torch_dtype,
 )
-from wsiproc.stream.checkpoint import INDEX_FILE
 from wsiproc.stream.engine import partial_dir
 
 torch = pytest.importorskip("torch")
@@ -267,23 +263,7 @@ def _killed_bf16_run(slide: Path, model: Path, out: Path) -> Path:
         "--device", "cpu", "--quiet", "--model", str(model), "--precision", "bf16",
         *RESUME_ARGS,
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    index = partial_dir(out) / INDEX_FILE
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if index.exists() and len(index.read_bytes().splitlines()) >= 2:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"run ended before it could be killed: {proc.communicate()}"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate()
+    kill_after_two_checkpoints(cmd, out, 180)
     saved = out.parent / "saved.partial"
     shutil.copytree(partial_dir(out), saved)
     return saved
