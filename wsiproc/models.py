@@ -143,13 +143,20 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(
-    source: str, *, kernel_px: int, device: str = "auto", precision: str = "fp32"
+    source: str,
+    *,
+    kernel_px: int,
+    device: str = "auto",
+    precision: str = "fp32",
+    compile_cache: Path | None = None,
+    batch_size: int = 32,
 ) -> Model:
     """Load ``builtin:<name>`` or a TorchScript file (with optional ``<file>.json`` sidecar).
 
     ``precision`` may be ``auto``: a TorchScript model resolves it for its device
     (:func:`wsiproc.precision.resolve_precision`) and keeps the result as ``.precision``;
-    built-ins compute in numpy whatever the precision.
+    built-ins compute in numpy whatever the precision. ``compile_cache`` (a directory) runs a
+    ``torch.export`` program AOT-compiled for ``batch_size`` (:mod:`wsiproc.compiled`).
     """
     if precision not in PRECISIONS:
         raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -158,9 +165,16 @@ def load_model(
         if name not in BUILTINS:
             known = ", ".join(BUILTIN_PREFIX + k for k in BUILTINS)
             raise ModelError(source, f"unknown built-in model (known: {known})")
+        if compile_cache is not None:
+            raise ConfigError("compile", f"{source} runs in numpy; only .pt2 programs compile")
         return BUILTINS[name]()
     return TorchScriptModel(
-        Path(source), kernel_px=kernel_px, device=resolve_device(device), precision=precision
+        Path(source),
+        kernel_px=kernel_px,
+        device=resolve_device(device),
+        precision=precision,
+        compile_cache=compile_cache,
+        batch_size=batch_size,
     )
 
 
@@ -241,7 +255,16 @@ class TorchScriptModel:
     Lives in the collector process; not picklable.
     """
 
-    def __init__(self, path: Path, *, kernel_px: int, device: str, precision: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        kernel_px: int,
+        device: str,
+        precision: str,
+        compile_cache: Path | None = None,
+        batch_size: int = 32,
+    ) -> None:
         import torch
 
         from .precision import resolve_precision, torch_dtype
@@ -286,6 +309,22 @@ class TorchScriptModel:
             module = self._load_torchscript(path)
         self.module = self._prepare(module)
         self._sha = file_sha256(path)
+        self.compiled: dict[str, Any] | None = None
+        if compile_cache is not None:
+            from .compiled import compile_program, require_program
+
+            require_program(path)
+            forward = compile_program(
+                self.module,
+                model_sha256=self._sha,
+                precision=self.precision,
+                batch_size=batch_size,
+                input_size=self.input_size,
+                device=self.device,
+                cache_dir=compile_cache,
+                source=self.source,
+            )
+            self.module, self.compiled = forward, forward.record.to_dict()
         probe = self._forward(np.full((1, kernel_px, kernel_px, 3), 255, dtype=np.uint8))
         if probe.ndim not in (2, 4):
             raise ModelError(
@@ -336,7 +375,10 @@ class TorchScriptModel:
             ) from exc
 
     def identity(self) -> str:
-        return json.dumps({"sha256": self._sha, "sidecar": self.sidecar}, sort_keys=True)
+        ident: dict[str, Any] = {"sha256": self._sha, "sidecar": self.sidecar}
+        if self.compiled is not None:  # compiled kernels round differently from eager ones
+            ident["compiled_batch"] = self.compiled["batch_size"]
+        return json.dumps(ident, sort_keys=True)
 
     def _forward(self, windows: np.ndarray) -> np.ndarray:
         import torch

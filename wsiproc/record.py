@@ -105,6 +105,7 @@ class WindowsRecord:
     device: str | None = None
     gpu: str | None = None
     precision: str | None = None
+    compiled: dict[str, Any] | None = None
     mpp_source: str | None = None
     read_errors: ReadErrors = field(default_factory=ReadErrors)
     elapsed_s: float | None = None

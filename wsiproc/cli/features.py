@@ -11,7 +11,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from .options import add_stream_options, level_spec
+from .options import add_stream_options, compile_cache, level_spec
 
 MPP_TOLERANCE = 0.02
 """A processing mpp within 2% of the encoder's counts as the same (as for models)."""
@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         chunk_px=args.chunk_px,
         mask=args.mask,
         allow_mpp_mismatch=True,  # checked above against the encoder's sidecar
+        compile_cache=compile_cache(args),
         output="h5",
     )
     run_inference(req)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..precision import PRECISIONS
-from .options import add_stream_options, level_spec
+from .options import add_stream_options, compile_cache, level_spec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         on_read_error=args.on_read_error,
         mask=args.mask,
         allow_mpp_mismatch=args.allow_mpp_mismatch,
+        compile_cache=compile_cache(args),
     )
     run_inference(req)
     return 0

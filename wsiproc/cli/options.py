@@ -66,3 +66,24 @@ def add_stream_options(parser: argparse.ArgumentParser, unit: str) -> None:
     parser.add_argument("--workers", type=int, default=default_workers(), help="loader processes")
     parser.add_argument("--batch-size", type=int, default=32, help=f"{unit} per model batch")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run a torch.export (.pt2) model AOT-compiled by inductor for --batch-size; the "
+        "first slide builds it (minutes on a CPU), later ones load it from --compile-cache",
+    )
+    parser.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        help="where compiled models are kept (default: $WSIPROC_CACHE_DIR/compiled, else "
+        "~/.cache/wsiproc/compiled)",
+    )
+
+
+def compile_cache(args: argparse.Namespace) -> str | None:
+    """The compile cache directory when ``--compile`` is given, else None (eager)."""
+    if not args.compile:
+        return None
+    from ..compiled import default_cache_dir
+
+    return args.compile_cache or str(default_cache_dir())

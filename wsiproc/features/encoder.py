@@ -84,7 +84,15 @@ class Encoder:
     ``spec`` the validated sidecar, ``precision`` the resolved one (never ``auto``).
     """
 
-    def __init__(self, source: str, *, device: str = "cpu", precision: str | None = None) -> None:
+    def __init__(
+        self,
+        source: str,
+        *,
+        device: str = "cpu",
+        precision: str | None = None,
+        compile_cache: Path | None = None,
+        batch_size: int = 32,
+    ) -> None:
         import torch
 
         self.source = source
@@ -110,6 +118,24 @@ class Encoder:
         self.input_size = self.spec.input_size
         example = torch.zeros(1, 3, self.input_size, self.input_size, dtype=self.dtype)
         self.module = prepare_module(module, self.precision, self.device, example, source=source)
+        self.compiled: dict[str, Any] | None = None
+        if compile_cache is not None:
+            from ..compiled import compile_program, require_program
+
+            if self.sidecar is None:
+                raise ConfigError("compile", f"{source} is built in; only .pt2 programs compile")
+            require_program(Path(source))
+            forward = compile_program(
+                self.module,
+                model_sha256=self.sha256,
+                precision=self.precision,
+                batch_size=batch_size,
+                input_size=self.input_size,
+                device=self.device,
+                cache_dir=compile_cache,
+                source=source,
+            )
+            self.module, self.compiled = forward, forward.record.to_dict()
         self._mean = torch.tensor(self.spec.mean, dtype=self.dtype, device=self.device)
         self._std = torch.tensor(self.spec.std, dtype=self.dtype, device=self.device)
         self._mean, self._std = self._mean.view(1, 3, 1, 1), self._std.view(1, 3, 1, 1)
@@ -136,7 +162,10 @@ class Encoder:
     def identity(self) -> str:
         """Changes whenever the embeddings could (weights, sidecar, precision)."""
         spec = self.spec.to_dict()
-        return json.dumps({"sha256": self.sha256, "spec": spec, "precision": self.precision})
+        ident = {"sha256": self.sha256, "spec": spec, "precision": self.precision}
+        if self.compiled is not None:  # compiled kernels round differently from eager ones
+            ident["compiled_batch"] = self.compiled["batch_size"]
+        return json.dumps(ident)
 
     def _pool(self, y: Any) -> Any:
         """(n, D) from the module's raw output, by the sidecar's pooling."""

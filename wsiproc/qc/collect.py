@@ -18,6 +18,7 @@ import numpy as np
 from .. import __version__
 from ..atomic import atomic_write
 from ..colormap import DEFAULT_COLORMAP, lookup_table
+from ..compiled import describe as describe_compiled
 from ..errors import InputTableError
 from ..record import read_record
 from ..table import read_header
@@ -187,6 +188,7 @@ def build_qc(
         "objective_power": level.get("objective_power"),
         "model": info.get("model"),
         "precision": run.precision,  # as resolved (auto -> bf16/fp32); None in old records
+        "compiled": describe_compiled(run.compiled),
         "windows_total": info.get("windows_total"),
         "windows_processed": processed,
         "windows_skipped": info.get("windows_skipped"),

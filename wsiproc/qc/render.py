@@ -31,7 +31,7 @@ figure."""
 SLIDE_FACTS = (
     ("Slide", "slide"), ("Patient", "patient"), ("Slide ID", "slide_id"),
     ("Vendor", "vendor"), ("Objective power", "objective_power"), ("Model", "model"),
-    ("Precision", "precision"),
+    ("Precision", "precision"), ("Compiled", "compiled"),
     ("Level", "level"), ("Level downsample", "level_downsample"), ("Scale (l0 px / proc px)",
     "scale"), ("Processing mpp (µm/px)", "proc_mpp"), ("mpp source", "mpp_source"),
     ("Windows total", "windows_total"), ("Windows processed", "windows_processed"),

@@ -308,6 +308,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         device=device,
         gpu=gpu,
         precision=precision,
+        compiled=getattr(model, "compiled", None),
         mpp_source=plan.mpp_source,
         read_errors=read_errors,
         elapsed_s=round(elapsed, 3),
@@ -433,7 +434,20 @@ def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str |
     if features:  # a patch encoder (sidecar-validated), same collector
         from ..features.encoder import Encoder
 
-        encoder = Encoder(req.model, device=device, precision=req.precision)
+        encoder = Encoder(
+            req.model,
+            device=device,
+            precision=req.precision,
+            compile_cache=Path(req.compile_cache) if req.compile_cache else None,
+            batch_size=req.batch_size,
+        )
         return ModelCollector(encoder), req.model, device, gpu
-    model = load_model(req.model, kernel_px=req.kernel_px, device=device, precision=req.precision)
+    model = load_model(
+        req.model,
+        kernel_px=req.kernel_px,
+        device=device,
+        precision=req.precision,
+        compile_cache=Path(req.compile_cache) if req.compile_cache else None,
+        batch_size=req.batch_size,
+    )
     return ModelCollector(model), req.model, device, gpu

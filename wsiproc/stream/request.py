@@ -49,6 +49,7 @@ class InferRequest:
     mask: str | None = None
     allow_mpp_mismatch: bool = False
     output: str = "csv"
+    compile_cache: str | None = None
 
 
 def validate_request(req: InferRequest) -> None:

@@ -1,0 +1,119 @@
+"""``--compile``: a ``torch.export`` program AOT-compiled by inductor, built once into a cache
+directory and loaded by every later run, with outputs equal to the eager program's.
+
+Real processes (``python -m wsiproc infer``), as a cohort's jobs run: the point is that the
+second process finds the first one's package. The slide's tissue windows (and the batch size)
+are chosen so that the last batch is partial: the compiled package only takes full batches,
+so a wrong padding would drop, duplicate or corrupt windows.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wsiproc import synth
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.slow
+KERNEL = 48
+BATCH = 8
+
+
+class Net(torch.nn.Module):
+    """Conv + BN + ReLU + pooled linear head: what inductor's freezing folds and fuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 5, stride=2)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+        return self.head(y)
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The network as a ``.pt2`` program with a dynamic batch, sidecar beside it."""
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():  # non-trivial running statistics, so BN folding matters
+        net.bn.running_mean.uniform_(-0.2, 0.2)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    directory = tmp_path_factory.mktemp("compiled_model")
+    example = torch.rand(4, 3, KERNEL, KERNEL)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    exported = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
+    path = directory / "net.pt2"
+    torch.export.save(exported, str(path))
+    side = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "activation": "softmax"}
+    (directory / "net.pt2.json").write_text(json.dumps(side))
+    return path
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    image = synth.tissue_image(530, 440, seed=5)
+    return synth.write_pyramidal_tiff(tmp_path_factory.mktemp("compiled_slide") / "s.tif", image)
+
+
+def infer(slide: Path, out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "wsiproc", "infer", str(slide), "--out", str(out),
+           "--model", str(model), "--kernel-size", str(KERNEL), "--stride", str(KERNEL),
+           "--min-tissue", "0", "--batch-size", str(BATCH), "--device", "cpu", "--quiet",
+           *extra]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def test_compiled_once_then_loaded_with_eager_outputs(program, slide, tmp_path):
+    cache = tmp_path / "cache"
+    eager = infer(slide, tmp_path / "eager" / "w.csv", program)
+    assert eager.returncode == 0, eager.stderr
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / name / "w.csv"
+        done = infer(slide, out, program, "--compile", "--compile-cache", str(cache))
+        assert done.returncode == 0, done.stderr
+        runs.append((pd.read_csv(out), json.loads(out.with_suffix(".json").read_text())))
+    (first, first_meta), (second, second_meta) = runs
+    reference = pd.read_csv(tmp_path / "eager" / "w.csv")
+    n = len(reference)
+    assert n % BATCH != 0, "the test needs a partial last batch"
+    assert first_meta["compiled"]["cache"] == "miss"
+    assert first_meta["compiled"]["max_abs_vs_eager"] <= 1e-4
+    assert second_meta["compiled"]["cache"] == "hit"
+    assert second_meta["compiled"]["package"] == first_meta["compiled"]["package"]
+    assert second_meta["compiled"]["seconds"] < first_meta["compiled"]["seconds"]
+    assert sorted(p.name for p in cache.glob("*.pt2")) == [
+        Path(first_meta["compiled"]["package"]).name
+    ]
+    outputs = ["out_0", "out_1", "out_2"]
+    for table in (first, second):
+        assert len(table) == n
+        assert table[["row", "col", "x", "y"]].equals(reference[["row", "col", "x", "y"]])
+        np.testing.assert_allclose(table[outputs], reference[outputs], atol=1e-5)
+        assert np.allclose(table[outputs].sum(axis=1), 1.0, atol=1e-5)
+    # The two compiled runs ran the same package: the same bits.
+    assert first[outputs].equals(second[outputs])
+
+
+def test_compile_refuses_torchscript_in_one_line(slide, tmp_path):
+    torch.manual_seed(0)
+    script = tmp_path / "net.pt"
+    torch.jit.trace(Net().eval(), torch.rand(2, 3, KERNEL, KERNEL)).save(str(script))
+    out = tmp_path / "w.csv"
+    done = infer(slide, out, script, "--compile", "--compile-cache", str(tmp_path / "cache"))
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(script) in lines[0] and ".pt2" in lines[0]
+    assert not out.exists()

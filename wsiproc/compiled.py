@@ -1,0 +1,245 @@
+"""Ahead-of-time compiled forwards for ``torch.export`` programs (AOTInductor), cached on disk.
+
+Why: inductor's fused, weight-prepacked kernels beat the eager program and TorchScript's frozen
+graph on the CPU (docs/performance.md), but a cold compile costs half a minute or more: longer
+than a small slide's whole run. So the compiled package is built once per (program, precision,
+batch, input size, device, torch release, CPU) into a cache directory, and every later slide
+of a cohort, in any process, loads it in well under a second.
+
+AOTInductor packages are compiled for one input shape and one memory layout and check neither:
+a shorter batch or a channels-last tensor returns wrong numbers without an error. Hence
+:class:`CompiledForward` always feeds the compiled shape (partial batches padded with zeros,
+the padding's rows dropped) in the contiguous layout it was compiled with.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, ModelError, one_line
+
+# Eager and compiled forwards of the same fp32 program differ by float rounding only; more
+# than this (relative to the outputs' scale) means the compiled package computes something
+# else, and it is refused rather than used.
+AGREEMENT_TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 1e-2}
+
+
+def default_cache_dir() -> Path:
+    """``$WSIPROC_CACHE_DIR/compiled``, else ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    base = os.environ.get("WSIPROC_CACHE_DIR")
+    if base:
+        return Path(base) / "compiled"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "wsiproc" / "compiled"
+
+
+def machine_identity(device: Any) -> str:
+    """What the generated code was compiled for: the GPU's model, or the CPU's model and ISA
+    flags (a package built on an AVX-512 node must not run on an AVX2 node of the cluster)."""
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}:{torch.version.cuda}"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"cpu:{platform.machine()}:{platform.processor()}"
+    model = flags = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() in ("flags", "Features") and not flags:
+            flags = " ".join(sorted(value.split()))
+    return f"cpu:{platform.machine()}:{model}:{hashlib.sha256(flags.encode()).hexdigest()[:16]}"
+
+
+def require_program(path: Path) -> None:
+    """Only ``torch.export`` programs compile: TorchScript is a graph inductor cannot read.
+
+    Raises
+    ------
+    ConfigError
+        ``path`` is not a ``.pt2`` file.
+    """
+    if path.suffix != ".pt2":
+        raise ConfigError(
+            "compile",
+            f"{path} is TorchScript; only torch.export programs (.pt2) compile "
+            "(export the model with torch.export, or run without --compile)",
+        )
+
+
+@dataclass(frozen=True)
+class CompileRecord:
+    """How the compiled forward came to be, for windows.json and the QC page."""
+
+    package: str
+    cache: str  # "hit": loaded a package built before; "miss": built it now
+    seconds: float  # compile (on a miss) plus load
+    batch_size: int
+    max_abs_vs_eager: float | None  # checked when built; None when loaded from the cache
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe(record: dict[str, Any] | None) -> str:
+    """One line for the QC page: how the model ran.
+
+    Examples
+    --------
+    >>> describe(None)
+    'no (eager)'
+    >>> describe({"cache": "hit", "seconds": 0.41, "batch_size": 32})
+    'AOTInductor, batch 32 (loaded from the cache in 0.41 s)'
+    """
+    if not record:
+        return "no (eager)"
+    how = "loaded from the cache" if record["cache"] == "hit" else "built"
+    return f"AOTInductor, batch {record['batch_size']} ({how} in {record['seconds']:g} s)"
+
+
+class CompiledForward:
+    """A callable like the module it replaces, for any batch of 1..``batch_size`` inputs."""
+
+    def __init__(self, runner: Any, batch_size: int, record: CompileRecord) -> None:
+        self.runner, self.batch_size, self.record = runner, batch_size, record
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        n = x.shape[0]
+        if n > self.batch_size:  # never from the engine; kept correct for direct callers
+            parts = [self(x[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
+            return torch.cat(parts)
+        if n < self.batch_size:
+            pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
+            x = torch.cat([x, pad])
+        y = self.runner(x.contiguous())
+        if isinstance(y, (tuple, list)):
+            y = y[0]
+        return y[:n]
+
+
+def compile_program(
+    module: Any,
+    *,
+    model_sha256: str,
+    precision: str,
+    batch_size: int,
+    input_size: int,
+    device: Any,
+    cache_dir: Path,
+    source: str,
+) -> CompiledForward:
+    """``module`` (a prepared ``torch.export`` program: cast, on ``device``) compiled for
+    ``batch_size`` inputs of ``input_size`` px, from ``cache_dir`` or built there now.
+
+    Concurrent jobs of a cohort take a file lock per package: one builds it, the others wait
+    and load it. A package is written under a temporary name and renamed, so a killed build
+    leaves no half package behind.
+
+    Raises
+    ------
+    ModelError
+        The program cannot be exported for this batch, compiled (no C++ compiler, an
+        unsupported operator) or its compiled outputs disagree with the eager ones.
+    """
+    import torch
+
+    from .precision import torch_dtype
+
+    dtype = torch_dtype(precision)
+    key = json.dumps(
+        {
+            "model": model_sha256,
+            "precision": precision,
+            "batch": batch_size,
+            "size": input_size,
+            "machine": machine_identity(device),
+            "torch": torch.__version__,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(source, f"cannot create compile cache {cache_dir}: {exc}") from exc
+    package = cache_dir / f"{digest}.pt2"
+    example = torch.zeros(batch_size, 3, input_size, input_size, dtype=dtype, device=device)
+    t0 = time.perf_counter()
+    with open(cache_dir / f"{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if package.exists():
+            cache, agreement = "hit", None
+            runner = torch._inductor.aoti_load_package(str(package))
+        else:
+            cache = "miss"
+            runner, agreement = _build(module, example, package, key, precision, source)
+    record = CompileRecord(
+        package=str(package),
+        cache=cache,
+        seconds=round(time.perf_counter() - t0, 3),
+        batch_size=batch_size,
+        max_abs_vs_eager=agreement,
+    )
+    return CompiledForward(runner, batch_size, record)
+
+
+def _build(
+    module: Any, example: Any, package: Path, key: str, precision: str, source: str
+) -> tuple[Any, float]:
+    """Export ``module`` at the example's static shape, AOT-compile it, check it against the
+    eager module, then publish it as ``package``: (the loaded runner, max abs difference)."""
+    import torch
+
+    tmp = package.with_name(f".{package.stem}.{os.getpid()}.tmp.pt2")
+    try:
+        try:
+            with torch.no_grad():
+                program = torch.export.export(module, (example,))
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(tmp), inductor_configs={"freezing": True}
+            )
+            runner = torch._inductor.aoti_load_package(str(tmp))
+        except Exception as exc:  # noqa: BLE001 - any failure: say so, leave the cache clean
+            problem = f"cannot compile it with AOTInductor ({one_line(exc)}); run without --compile"
+            raise ModelError(source, problem) from exc
+        agreement = _check_agreement(module, runner, example, precision, source)
+        package.with_suffix(".json").write_text(key + "\n")
+        os.replace(tmp, package)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return runner, agreement
+
+
+def _check_agreement(module: Any, runner: Any, example: Any, precision: str, source: str) -> float:
+    """Max abs difference between eager and compiled outputs on a fixed random batch."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(example.shape, generator=gen).to(dtype=example.dtype, device=example.device)
+    with torch.inference_mode():
+        eager = module(x)
+        compiled = runner(x.contiguous())
+    eager = eager[0] if isinstance(eager, (tuple, list)) else eager
+    compiled = compiled[0] if isinstance(compiled, (tuple, list)) else compiled
+    diff = float((eager.float() - compiled.float()).abs().max())
+    scale = float(eager.float().abs().max()) or 1.0
+    if not diff <= AGREEMENT_TOLERANCE[precision] * scale:
+        raise ModelError(
+            source,
+            f"its compiled outputs differ from the eager ones by {diff:.3g} (scale {scale:.3g}); "
+            "run without --compile",
+        )
+    return diff
