@@ -105,7 +105,9 @@ class TreeRSS:
         return self.peak
 
 
-def run_engine(slide: Path, out: Path, model: str, *, precision: str = "fp32") -> dict:
+def run_engine(
+    slide: Path, out: Path, model: str, *, precision: str = "fp32", extra: tuple[str, ...] = ()
+) -> dict:
     """``wsiproc infer`` as a user runs it; wall time with and without process start-up."""
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -133,6 +135,7 @@ def run_engine(slide: Path, out: Path, model: str, *, precision: str = "fp32") -
         "--threads",
         str(os.cpu_count() or 1),
         "--quiet",
+        *extra,
     ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -152,6 +155,7 @@ def run_engine(slide: Path, out: Path, model: str, *, precision: str = "fp32") -
         "wps_inner": n / meta["elapsed_s"],
         "wps_stream": meta["stream_windows_per_s"],
         "timings_s": meta["timings_s"],
+        "compiled": meta.get("compiled"),
         "peak_rss_mb": peak / 2**20,
     }
 
@@ -262,6 +266,18 @@ def compute_limit(model_path: Path, precision: str) -> dict:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
+
+
+def build_cnn_program(path: Path, sidecar: Path) -> Path:
+    """:func:`cnn_module` as a ``torch.export`` program (dynamic batch), ``sidecar`` copied."""
+    import torch
+
+    example = torch.rand(4, 3, KERNEL, KERNEL)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(cnn_module(), (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    path.with_name(path.name + ".json").write_text(sidecar.read_text())
+    return path
 
 
 def precision_table(fl: dict, engines: dict[str, dict | None]) -> dict[str, dict]:
@@ -428,6 +444,12 @@ def main() -> int:
     )
     e_cnn1 = run_engine(s1, work / "cnn" / "windows.csv", str(cnn))
     e_cnn = run_engine(s4, work / "cnn4" / "windows.csv", str(cnn))
+    e_comp_build = e_comp = None
+    if not args.no_compile:  # the same CNN as a .pt2 program, AOT-compiled (--compile)
+        program = build_cnn_program(work / "cnn.pt2", cnn.with_name(cnn.name + ".json"))
+        flags = ("--compile", "--compile-cache", str(work / "compiled"))
+        e_comp_build = run_engine(s1, work / "comp" / "windows.csv", str(program), extra=flags)
+        e_comp = run_engine(s4, work / "comp4" / "windows.csv", str(program), extra=flags)
     cl_after = compute_limit(cnn, "fp32")
     cl32 = max(cl_before, cl_after, key=lambda r: r["wps"])
     cl32 = {**cl32, "before_wps": cl_before["wps"], "after_wps": cl_after["wps"]}
@@ -442,7 +464,9 @@ def main() -> int:
         cnn, cnn_module(), batch=BATCH, size_px=KERNEL, compile_variants=not args.no_compile
     )
     fl = best_of(fl_before, fl_after)
-    per_precision = precision_table(fl, {"fp32": e_cnn, "bf16": e_bf})
+    # The engine's best fp32 configuration: the compiled program where it ran faster.
+    e_fp32 = max((e for e in (e_cnn, e_comp) if e), key=lambda e: e["wps_inner"])
+    per_precision = precision_table(fl, {"fp32": e_fp32, "bf16": e_bf})
     hm = heatmap_1m(work)
 
     res.update(
@@ -458,6 +482,8 @@ def main() -> int:
             "engine_cnn_wps_wall": e_cnn["wps_wall"],
             "compute_limit_bf16_wps": clbf.get("wps"),
             "engine_cnn_bf16_wps": e_bf["wps_inner"] if e_bf else None,
+            "engine_cnn_compiled_wps": e_comp["wps_inner"] if e_comp else None,
+            "engine_fp32_config": "compiled .pt2" if e_fp32 is e_comp else "TorchScript",
             # Engine / the model's best forward throughput per precision, and bf16 / fp32.
             "precision": per_precision,
             "best_limit_fp32_wps": per_precision["fp32"]["best_limit_wps"],
@@ -492,6 +518,8 @@ def main() -> int:
                 "engine_cnn_4x": e_cnn,
                 "engine_cnn_1x": e_cnn1,
                 "engine_cnn_bf16": e_bf,
+                "engine_cnn_compiled_build_1x": e_comp_build,
+                "engine_cnn_compiled_4x": e_comp,
                 "forward_variants": fl,
                 "heatmap_1m": hm,
             },
@@ -525,6 +553,14 @@ def main() -> int:
             f"{res['engine_vs_compute_limit']:.2f}x (streaming "
             f"{res['engine_vs_compute_limit_stream']:.2f}x, 1x slide "
             f"{res['engine_vs_compute_limit_1x']:.2f}x)",
+        ),
+        (
+            "engine, CNN fp32 compiled .pt2 (--compile), 4x slide",
+            f"{e_comp['wps_inner']:.1f} win/s (package built in "
+            f"{e_comp_build['compiled']['seconds']:.1f} s by the 1x run, loaded in "
+            f"{e_comp['compiled']['seconds']:.2f} s)"
+            if e_comp
+            else "not run (--no-compile)",
         ),
         ("compute limit bf16", f"{clbf.get('wps', float('nan')):.1f} win/s"),
         ("engine, CNN bf16", f"{e_bf['wps_inner']:.1f} win/s" if e_bf else "n/a"),

@@ -25,6 +25,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
 KERNEL = 48
 BATCH = 8
+ENCODER_BATCH = 12  # 208 patches of 32 px: a partial last batch
 
 
 class Net(torch.nn.Module):
@@ -63,7 +64,8 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     image = synth.tissue_image(530, 440, seed=5)
-    return synth.write_pyramidal_tiff(tmp_path_factory.mktemp("compiled_slide") / "s.tif", image)
+    directory = tmp_path_factory.mktemp("compiled_slide")
+    return synth.write_pyramidal_tiff(directory / "s.tif", image, mpp=0.5)
 
 
 def infer(slide: Path, out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -117,3 +119,35 @@ def test_compile_refuses_torchscript_in_one_line(slide, tmp_path):
     assert len(lines) == 1, done.stderr
     assert str(script) in lines[0] and ".pt2" in lines[0]
     assert not out.exists()
+
+
+def test_compiled_encoder_gives_the_eager_features(slide, tmp_path):
+    """``wsiproc features --compile``: a ViT encoder's compiled embeddings equal the eager ones,
+    the same rows and coordinates, and features.json records the package."""
+    h5py = pytest.importorskip("h5py")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _encoders import ViT, seeded, sidecar, write_encoder
+
+    encoder = write_encoder(
+        tmp_path / "vit.pt2",
+        seeded(ViT, 64, 2, 4, 8, 32),
+        sidecar("vit-tiny", 32, 64, pooling="cls"),
+    )
+    files = {}
+    for name, extra in (
+        ("eager", ()),
+        ("compiled", ("--compile", "--compile-cache", str(tmp_path / "c"))),
+    ):
+        out = tmp_path / name / "features.h5"
+        cmd = [sys.executable, "-m", "wsiproc", "features", str(slide), "--encoder", str(encoder),
+               "--out", str(out), "--min-tissue", "0", "--batch-size", str(ENCODER_BATCH),
+               "--device", "cpu", "--quiet", *extra]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr
+        files[name] = out
+    with h5py.File(files["eager"]) as e, h5py.File(files["compiled"]) as c:
+        assert len(e["features"]) % ENCODER_BATCH != 0 and len(e["features"]) > ENCODER_BATCH
+        np.testing.assert_array_equal(e["coords"][:], c["coords"][:])
+        np.testing.assert_allclose(c["features"][:], e["features"][:], atol=1e-4, rtol=1e-4)
+    meta = json.loads(files["compiled"].with_suffix(".json").read_text())
+    assert meta["compiled"]["cache"] == "miss" and meta["compiled"]["batch_size"] == ENCODER_BATCH
