@@ -104,6 +104,7 @@ def run_features(slide: Path, out: Path, encoder: str, precision: str) -> dict:
         "assemble_over_stream": t["assemble"] / t["stream"] if t["stream"] else None,
         "h5_mb": out.stat().st_size / 2**20,
         "peak_rss_mb": peak / 2**20,
+        "peak_pss_mb": rss.peak_pss / 2**20,
     }
 
 
@@ -112,27 +113,48 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--precision", default="fp32", help="fp32 (no AMX here) or bf16")
     parser.add_argument("--side", type=int, default=8000, help="level-0 side of the 1x slide")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the builtin:tiny memory runs"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
         work = Path(tmp)
         slide = make_slide(work / "slide.tif", args.side, args.side, seed=21)
         slide4 = make_slide(work / "slide4.tif", 2 * args.side, 2 * args.side, seed=22)
+        small = run_features(slide, work / "t1" / "features.h5", "builtin:tiny", "fp32")
+        big = run_features(slide4, work / "t4" / "features.h5", "builtin:tiny", "fp32")
+        memory = {
+            "rss_tiny_1x": small,
+            "rss_tiny_4x": big,
+            "rss_growth_4x": big["peak_rss_mb"] / small["peak_rss_mb"],
+            "pss_growth_4x": big["peak_pss_mb"] / small["peak_pss_mb"],
+        }
+        memory_rows = [
+            (
+                "peak RSS 1x / 4x pixels (builtin:tiny)",
+                f"{small['peak_rss_mb']:.0f} / {big['peak_rss_mb']:.0f} MB "
+                f"(x{memory['rss_growth_4x']:.2f}; N {small['patches']} / {big['patches']})",
+            ),
+            (
+                "peak PSS 1x / 4x pixels (shared pages once)",
+                f"{small['peak_pss_mb']:.0f} / {big['peak_pss_mb']:.0f} MB "
+                f"(x{memory['pss_growth_4x']:.2f})",
+            ),
+        ]
+        if args.memory_only:
+            return report({"machine": machine(), **memory}, memory_rows, args.json)
         vit = build_vit_b(work / "vit_b16.pt", args.precision)
         limits = forward_limits(vit, args.precision)
         e2e = run_features(slide, work / "vit" / "features.h5", str(vit), args.precision)
-        small = run_features(slide, work / "t1" / "features.h5", "builtin:tiny", "fp32")
-        big = run_features(slide4, work / "t4" / "features.h5", "builtin:tiny", "fp32")
     res = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other users)",
+        "machine": machine(),
         "precision": args.precision,
         "forward": limits,
         "vit_b16": e2e,
         "ratio_stream_over_module": e2e["pps_stream"] / limits["module_pps"],
         "ratio_stream_over_encoder": e2e["pps_stream"] / limits["encoder_pps"],
         "ratio_wall_over_module": e2e["pps_wall"] / limits["module_pps"],
-        "rss_tiny_1x": small,
-        "rss_tiny_4x": big,
-        "rss_growth_4x": big["peak_rss_mb"] / small["peak_rss_mb"],
+        **memory,
     }
     rows = [
         ("ViT-B/16 module alone", f"{limits['module_pps']:.2f} patches/s"),
@@ -148,18 +170,23 @@ def main() -> int:
             f"{e2e['timings_s']['assemble']:.3f} s / {e2e['timings_s']['stream']:.1f} s "
             f"({100 * e2e['assemble_over_stream']:.2f}%)",
         ),
-        (
-            "peak RSS 1x / 4x pixels (builtin:tiny)",
-            f"{small['peak_rss_mb']:.0f} / {big['peak_rss_mb']:.0f} MB "
-            f"(x{res['rss_growth_4x']:.2f}; N {small['patches']} / {big['patches']})",
-        ),
+        *memory_rows,
         ("peak RSS, ViT-B/16 run", f"{e2e['peak_rss_mb']:.0f} MB"),
     ]
+    return report(res, rows, args.json)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+
+
+def report(res: dict, rows: list[tuple[str, str]], path: Path | None) -> int:
+    """Print the table; write every figure to ``path`` as JSON."""
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1))
+    if path:
+        path.write_text(json.dumps(res, indent=1))
     return 0
 
 
