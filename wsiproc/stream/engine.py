@@ -431,9 +431,15 @@ def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str |
             _warn(claim.note)
         device, gpu = claim.device, claim.device_id
     if features:  # a patch encoder (sidecar-validated), same collector
+        from ..batch.keep import load_once
         from ..features.encoder import Encoder
 
-        encoder = Encoder(req.model, device=device, precision=req.precision)
+        # Loaded once per process inside a batch of slides (wsiproc batch), else per call.
+        encoder = load_once(
+            ("encoder", req.model, device, req.precision),
+            f"encoder {req.model} on {device}",
+            lambda: Encoder(req.model, device=device, precision=req.precision),
+        )
         return ModelCollector(encoder), req.model, device, gpu
     model = load_model(req.model, kernel_px=req.kernel_px, device=device, precision=req.precision)
     return ModelCollector(model), req.model, device, gpu
