@@ -42,9 +42,10 @@ def keeping_models() -> Iterator[None]:
         _kept = None
 
 
-def load_once(key: Hashable, what: str, loader: Callable[[], Any]) -> Any:
+def load_once(key: Hashable, loader: Callable[[], Any], what: str | None = None) -> Any:
     """``loader()``, or inside :func:`keeping_models` the object an earlier call with the same
-    ``key`` loaded. ``what`` names the model in the load line."""
+    ``key`` loaded. ``what`` names a model in the load line (None: no line, for the cheap
+    things kept only so that their errors fail the batch, such as a sidecar)."""
     if _kept is None:
         return loader()
     if key in _kept:
@@ -55,7 +56,7 @@ def load_once(key: Hashable, what: str, loader: Callable[[], Any]) -> Any:
     except Exception as exc:  # noqa: BLE001 - re-raised as the batch's error
         raise ModelLoadError(exc) from exc
     _kept[key] = model
-    print(
-        f"{LOADED_LINE} {what} in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True
-    )
+    if what is not None:
+        seconds = time.monotonic() - started
+        print(f"{LOADED_LINE} {what} in {seconds:.1f} s", file=sys.stderr, flush=True)
     return model

@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
     # Loaded once per process inside a batch of slides (wsiproc batch), else per call.
     model = load_once(
         ("slide_model", args.model, args.device, head.dim),
-        f"slide model {args.model} on {args.device}",
         lambda: load_slide_model(args.model, device=args.device, dim=head.dim),
+        f"slide model {args.model} on {args.device}",
     )
     model.check_features(head.dim, head.encoder, allow_mismatch=args.allow_encoder_mismatch)
     output = None  # no patches (glass only): nothing to predict, flagged no_patches

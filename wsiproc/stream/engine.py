@@ -437,8 +437,8 @@ def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str |
         # Loaded once per process inside a batch of slides (wsiproc batch), else per call.
         encoder = load_once(
             ("encoder", req.model, device, req.precision),
-            f"encoder {req.model} on {device}",
             lambda: Encoder(req.model, device=device, precision=req.precision),
+            f"encoder {req.model} on {device}",
         )
         return ModelCollector(encoder), req.model, device, gpu
     model = load_model(req.model, kernel_px=req.kernel_px, device=device, precision=req.precision)
