@@ -124,3 +124,12 @@ def test_finish_refuses_a_slide_the_record_does_not_list(tmp_path):
         finish_slide(tmp_path / "record.tsv", "b", tmp_path, tmp_path, [str(tmp_path / "x")])
     with pytest.raises(WsiprocError, match="staged file missing"):
         finish_slide(tmp_path / "record.tsv", "a", tmp_path / "s", tmp_path, [str(tmp_path / "x")])
+
+
+def test_pre_commands_are_limited_to_level_selection(tmp_path, capsys):
+    record = tmp_path / "record.tsv"
+    argv = ["batch", "--record", str(record), "--item", "a", "s.svs --out f.h5"]
+    argv += ["--pre", "a", f"demo {tmp_path / 'demo'}", "features", "--", "--encoder", "x"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip() == "error: --pre: a: must run one of level"
+    assert not record.exists() and not (tmp_path / "demo").exists()

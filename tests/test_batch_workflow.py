@@ -11,7 +11,15 @@ from pathlib import Path
 import h5py
 import pytest
 import yaml
-from test_workflow import dry_run, output_of, planned_jobs, rule_counts, snakemake, write_config
+from test_workflow import (
+    REPO,
+    dry_run,
+    output_of,
+    planned_jobs,
+    rule_counts,
+    snakemake,
+    write_config,
+)
 
 from wsiproc import synth
 from wsiproc.batch.keep import LOADED_LINE
@@ -122,3 +130,17 @@ def test_two_slides_per_job_equal_one_and_a_broken_slide_fails_alone(tmp_path: P
                                           "attention_heatmap", "features_table", "predictions",
                                           "infer"}, jobs  # fmt: skip
     assert {slide for _, slide in jobs if slide} <= {CORRUPT[1], BROKEN[1]}, jobs
+
+
+def test_slides_per_job_defaults_to_one_and_zero_is_refused(tmp_path: Path) -> None:
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    template = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for section in ("features", "slide_model"):
+        spec = schema["properties"][section]["properties"]["slides_per_job"]
+        assert spec["default"] == template[section]["slides_per_job"] == spec["minimum"] == 1
+    config = batch_cohort(tmp_path, 0, 1)
+    proc = snakemake(tmp_path, "-n", "--configfile", str(config))
+    assert proc.returncode != 0
+    assert "invalid config: features.slides_per_job: 0 is less than the minimum of 1" in (
+        output_of(proc)
+    )

@@ -3,7 +3,8 @@ stage in one process, the model loaded once (``features.slides_per_job``,
 ``slide_model.slides_per_job``).
 
 Each ``--item`` is one slide: its id and its own ``wsiproc STAGE`` arguments as one shell-quoted
-string (input file, staged ``--out`` ...); the arguments after ``--`` are shared by every slide.
+string (input file, staged ``--out`` ...); ``--pre`` a whole command run for that slide first
+(its ``level`` selection); the arguments after ``--`` are shared by every slide.
 A slide's error is recorded and the others run (exit 0); a model that does not load fails
 the batch (exit non-zero, no record).
 """
@@ -14,6 +15,8 @@ import argparse
 import shlex
 
 BATCH_STAGES = ("features", "slide-predict")
+PRE_STAGES = ("level",)
+"""What ``--pre`` may run before a slide's stage: its level selection (the tissue mask)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,11 +64,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..batch.runner import Item, failed_slides, run_batch
+    from ..errors import ConfigError
 
     common = args.common[1:] if args.common[:1] == ["--"] else args.common
     pre: dict[str, list[list[str]]] = {}
     for slide, command in args.pre:
-        pre.setdefault(slide, []).append(shlex.split(command))
+        argv = shlex.split(command)
+        if argv[:1] not in ([s] for s in PRE_STAGES):
+            raise ConfigError("--pre", f"{slide}: must run one of {', '.join(PRE_STAGES)}")
+        pre.setdefault(slide, []).append(argv)
     items = [Item(slide, shlex.split(own), pre.get(slide, [])) for slide, own in args.item]
     run_batch(
         args.stage,
