@@ -52,8 +52,8 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float, subprocess.Completed
 
 def snakemake(work: Path, config: Path, *targets: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
-            "-d", str(work), "--workflow-profile", "none", "--cores", "2",
-            "--configfile", str(config), *targets]  # fmt: skip
+            "-d", str(work), "--workflow-profile", "none", "--cores", "2", *targets,
+            "--configfile", str(config)]  # fmt: skip
 
 
 def load_cost(encoder: Path) -> tuple[float, float]:
