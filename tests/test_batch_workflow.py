@@ -130,6 +130,14 @@ def test_two_slides_per_job_equal_one_and_a_broken_slide_fails_alone(tmp_path: P
                                           "attention_heatmap", "features_table", "predictions",
                                           "infer"}, jobs  # fmt: skip
     assert {slide for _, slide in jobs if slide} <= {CORRUPT[1], BROKEN[1]}, jobs
+    # One slide changed: its batch reruns (both of its slides), no other batch.
+    os.utime(tmp_path / "slides" / "P1_A.svs")
+    again = snakemake(tmp_path, "-n", *wanted_of("results"), "--configfile", str(config))
+    jobs = planned_jobs(again.stdout)
+    assert rule_counts(jobs)["features_batch"] == 1, jobs
+    rerun = {slide for rule, slide in jobs if rule == "features"}
+    assert {"P1_A", "P1_B"} <= rerun <= {"P1_A", "P1_B", CORRUPT[1], BROKEN[1]}, jobs
+    assert not {slide for _, slide in jobs} & {"P2_A", "P3_A"}, jobs
 
 
 def test_slides_per_job_defaults_to_one_and_zero_is_refused(tmp_path: Path) -> None:
