@@ -16,6 +16,7 @@ a status query that never answers would otherwise wait forever.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -361,3 +362,134 @@ def test_private_cluster_beside_another_clusters_system_config(
         assert (state == "COMPLETED") == expect_ok, f"{srun}: {state}: {log}"
         if expect_ok:
             assert log.split() == [job_id, "0"]  # the job's first step
+
+
+# ------------------------------------------------------------------ several slides per job
+# Features and slide model on, two slides per job: the sheet is the demo's with a slide whose
+# full-resolution tile is corrupt beside P2_A (it fails inside its batch, at the features) and
+# the broken slide beside P3_A (it fails at level selection, before the features).
+BATCH_SHEET_EXTRA = {
+    "P2_A": ("P2", "P2_corrupt", "corrupt.tif"),
+    "P3_A": ("P3", "P3_bad", "broken.svs"),
+}
+
+
+def batches_of_two(slides: list[tuple[str, str]]) -> list[list[str]]:
+    """The features batches of two slides per job, as wsiproc assigns them."""
+    from wsiproc.batch.assign import batch_members
+
+    members = batch_members([p for p, _ in slides], 2)
+    return [[slides[i][1] for i in rows] for rows in members.values()]
+
+
+@pytest.fixture(scope="module")
+def batch_run(slurm: Path, cohort: dict) -> dict[str, object]:
+    """Features and slide model, two slides per job, through the SLURM profile; targets the
+    cohort tables only (level selection, features, slide model)."""
+    from wsiproc import synth
+
+    root = cohort["root"]
+    slides_dir = Path(cohort["configfile"]).parent / "slides"
+    corrupt = synth.write_pyramidal_tiff(
+        slides_dir / "corrupt.tif", synth.tissue_image(2048, 2048, seed=14), mpp=0.5
+    )
+    synth.corrupt_tile(corrupt)
+    config = yaml.safe_load(Path(cohort["configfile"]).read_text())
+    old = pd.read_csv(config["samples"], sep="\t", dtype=str, keep_default_na=False)
+    rows, slides = ["patient\tslide\tpath\tmpp"], []
+    for _, row in old.iterrows():
+        if row["slide"] == BROKEN[1]:
+            continue
+        rows.append("\t".join(row[["patient", "slide", "path", "mpp"]]))
+        slides.append((row["patient"], row["slide"]))
+        if row["slide"] in BATCH_SHEET_EXTRA:
+            patient, slide, name = BATCH_SHEET_EXTRA[row["slide"]]
+            rows.append(f"{patient}\t{slide}\tslides/{name}\t")
+            slides.append((patient, slide))
+    sheet = Path(config["samples"]).with_name("batch_samples.tsv")
+    sheet.write_text("\n".join(rows) + "\n")
+    config.update(samples=str(sheet), outdir=str(root / "batch_results"))
+    config["logdir"] = str(root / "batch_logs")
+    config["features"] = {**config["features"], "enabled": True, "slides_per_job": 2}
+    config["slide_model"] = {**config["slide_model"], "enabled": True, "slides_per_job": 2}
+    configfile = root / "batch.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    targets = [str(root / "batch_results" / n) for n in ("features.tsv", "predictions.tsv")]
+    run = snakemake(
+        root, *targets, "--configfile", str(configfile),
+        "--jobs", "4", "--slurm-init-seconds-before-status-checks", "2", "--verbose",
+        profile=SLURM_PROFILE,
+    )  # fmt: skip
+    return {"run": run, "root": root, "slides": slides}
+
+
+def test_each_batch_of_slides_is_one_slurm_job_with_one_encoder_load(batch_run: dict) -> None:
+    out, root = batch_run["run"].stdout, batch_run["root"]
+    assert batch_run["run"].returncode != 0, "the two broken slides must fail the run"
+    calls = sbatch_calls(out)
+    batches = batches_of_two(batch_run["slides"])
+    assert len(batches) < len(batch_run["slides"])  # batches of two, a patient together
+    for rule in ("features_batch", "slide_predict_batch"):
+        jobs = [c for c in calls if f"'{rule}:batch=" in c]
+        assert len(jobs) == len(batches), (rule, out[-3000:])  # one job per batch, no retry
+        for call in jobs:  # builtin:tiny and the demo slide model: no GPU
+            assert "--gpus" not in call and "--gres" not in call
+            assert re.search(r" --mem \d+ ", call) and re.search(r" -t \d+ ", call)
+        logs = sorted((root / "batch_logs" / rule).glob("b*.log"))
+        assert len(logs) == len(batches)
+        for log in logs:
+            assert log.read_text().count("batch: loaded ") == 1, log.read_text()
+    # The per-slide steps that put files in place run on the submitting host.
+    for rule in ("features", "slide_predict"):
+        assert not [c for c in calls if f"'{rule}:patient=" in c]
+
+
+def test_a_broken_slide_fails_alone_in_its_batch_on_the_cluster(batch_run: dict) -> None:
+    results = batch_run["root"] / "batch_results"
+    with open(results / "features.tsv", newline="") as fh:
+        features = {r["slide"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    with open(results / "predictions.tsv", newline="") as fh:
+        predictions = {r["slide"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    assert features["P2_corrupt"]["status"] == "failed"
+    assert "corrupt or truncated tile" in features["P2_corrupt"]["error"]
+    assert features["P3_bad"]["status"] == "not run"  # its level selection failed
+    for patient, slide in batch_run["slides"]:
+        if slide in ("P2_corrupt", "P3_bad"):
+            assert predictions[slide]["status"] == "not run"
+            continue
+        assert features[slide]["status"] == "ok", features[slide]
+        assert predictions[slide]["status"] in ("ok", "flagged"), predictions[slide]
+        assert (results / patient / slide / "attention.csv").is_file()
+
+
+def test_file_encoder_batch_asks_for_a_gpu(slurm: Path, cohort: dict) -> None:
+    """A TorchScript encoder with features.device auto: the batch job asks for one GPU (this
+    GPU-less cluster refuses it at submission, so only the request is checked)."""
+    pytest.importorskip("torch")
+    from _encoders import MeanColour, seeded, sidecar, write_encoder
+
+    root = cohort["root"]
+    encoder = write_encoder(root / "enc.pt", seeded(MeanColour, 8), sidecar("mean", 32, 8))
+    gpu_config = root / "features_gpu.yaml"
+    gpu_config.write_text(
+        yaml.safe_dump(
+            {
+                "features": {"encoder": str(encoder), "device": "auto", "slides_per_job": 2},
+                "gpu_jobs": {"partition": "main", "gpu_model": "a100"},
+            }
+        )
+    )
+    target = str(root / "fgpu_results" / ".batches" / "features" / "b1.tsv")
+    run = snakemake(
+        root, target, "--configfile", str(cohort["configfile"]), str(gpu_config),
+        "--config", f"outdir={root / 'fgpu_results'}", f"logdir={root / 'fgpu_logs'}",
+        "--jobs", "2", "--slurm-init-seconds-before-status-checks", "2", "--verbose",
+        profile=SLURM_PROFILE,
+    )  # fmt: skip
+    assert run.returncode != 0
+    calls = sbatch_calls(run.stdout)
+    assert len(calls) == 3, run.stdout[-3000:]  # the first attempt and two retries
+    for attempt, call in enumerate(calls, 1):
+        assert "'features_batch:batch=b1'" in call
+        assert "--gpus=a100:1" in call and " -p main " in call
+        assert f" --mem {8000 * attempt} " in call

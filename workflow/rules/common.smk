@@ -607,3 +607,165 @@ def print_run_summary(stage):
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
             lines.append(f"wsiproc: {stage} failed (exit {proc.returncode}): {last}")
     atexit.register(print, "\n".join(lines), flush=True)
+
+
+# 7. Several slides per job (features.slides_per_job, slide_model.slides_per_job) ------
+# With K > 1 a batch job runs K slides in one process that loads the encoder (or slide
+# model) once, into each slide's .staged/ directory; the per-slide rule then links the
+# staged files into place or fails with the slide's recorded error (wsiproc/batch/).
+# Batches are assigned by wsiproc (consecutive, a patient's slides together), once here.
+from wsiproc.batch.assign import batch_members
+
+FEATURES_PER_JOB = config["features"]["slides_per_job"]
+SLIDE_MODEL_PER_JOB = config["slide_model"]["slides_per_job"]
+SLIDE_MODEL_BATCHED = bool(config["slide_model"]["enabled"] and SLIDE_MODEL_PER_JOB > 1)
+# Slide-model batches read the staged features and the features' batch records, so the
+# features run in batches (of features.slides_per_job, 1 included) when either stage does.
+FEATURES_BATCHED = FEATURES_PER_JOB > 1 or SLIDE_MODEL_BATCHED
+STAGED = ".staged"
+
+
+def batches_of(per_job, enabled):
+    """`({batch: [(patient, slide), ...]}, {slide: batch})` for one batched stage, or empty."""
+    if not enabled:
+        return {}, {}
+    rows = list(zip(samples["patient"], samples["slide"]))
+    members = {
+        batch: [rows[i] for i in index]
+        for batch, index in batch_members([p for p, _ in rows], per_job).items()
+    }
+    return members, {s: b for b, pairs in members.items() for _, s in pairs}
+
+
+FEATURES_BATCHES, FEATURES_BATCH_OF = batches_of(FEATURES_PER_JOB, FEATURES_BATCHED)
+SLIDE_MODEL_BATCHES, SLIDE_MODEL_BATCH_OF = batches_of(
+    SLIDE_MODEL_PER_JOB, SLIDE_MODEL_BATCHED
+)
+
+
+def slide_path(pattern, patient, slide, staged=False):
+    """A per-slide output pattern filled in; with staged, its place under .staged/."""
+    path = pattern.format(patient=patient, slide=slide)
+    if not staged:
+        return path
+    slide_dir = os.path.join(config["outdir"], patient, slide)
+    return os.path.join(slide_dir, STAGED, os.path.relpath(path, slide_dir))
+
+
+def batch_members_of(stage, wildcards):
+    """The (patient, slide) pairs of one batch, in sheet order."""
+    batches = FEATURES_BATCHES if stage == "features" else SLIDE_MODEL_BATCHES
+    try:
+        return batches[wildcards.batch]
+    except KeyError:
+        raise WorkflowError(f"{stage} batch {wildcards.batch} does not exist") from None
+
+
+def item_flags(items):
+    """`--pre SLIDE 'COMMAND'` and `--item SLIDE 'ARGS'` lines of `wsiproc batch`."""
+    return " \\\n    ".join(
+        f"--{flag} {slide} {shlex.quote(shlex.join(args))}"
+        for flag, slide, args in items
+    )
+
+
+@per_job
+def get_features_batch_slides(wildcards):
+    """The slide files of one features batch."""
+    return [SLIDE_PATH[s] for _, s in batch_members_of("features", wildcards)]
+
+
+@per_job
+def get_features_batch_items(wildcards):
+    """Per slide, its level selection (`wsiproc level` as select_level runs it, into
+    .staged/: a slide that cannot be opened fails in the batch, its batch mates go on) and
+    its own `wsiproc features` arguments: input, staged --out and mask, ids."""
+    items = []
+    for patient, slide in batch_members_of("features", wildcards):
+        mpp = SLIDE_MPP[slide]
+        mpp = [] if pd.isna(mpp) else ["--slide-mpp", repr(float(mpp))]
+        level = [
+            slide_path(rules.select_level.output[name], patient, slide, staged=True)
+            for name in ("level", "thumbnail", "mask")
+        ]
+        level_command = [
+            "level",
+            SLIDE_PATH[slide],
+            *("--out", level[0], "--thumbnail", level[1], "--mask", level[2]),
+            *("--on-read-error", config["window"]["on_read_error"]),
+            *shlex.split(LEVEL_SPEC),
+            *mpp,
+            *shlex.split(FALLBACK_MPP),
+        ]
+        args = [
+            SLIDE_PATH[slide],
+            *(
+                "--out",
+                slide_path(rules.features.output.h5, patient, slide, staged=True),
+            ),
+            *("--mask", level[2]),
+            *mpp,
+            *("--patient", patient, "--slide-id", slide),
+        ]
+        items += [("pre", slide, level_command), ("item", slide, args)]
+    return item_flags(items)
+
+
+@per_job
+def get_features_record(wildcards):
+    """The batch record of the features batch that holds this slide."""
+    batch = FEATURES_BATCH_OF[wildcards.slide]
+    return rules.features_batch.output.record.format(batch=batch)
+
+
+@per_job
+def get_slide_model_batch_features(wildcards):
+    """The features batch records of one slide-model batch's slides."""
+    members = batch_members_of("slide_predict", wildcards)
+    batches = dict.fromkeys(FEATURES_BATCH_OF[s] for _, s in members)
+    return [rules.features_batch.output.record.format(batch=b) for b in batches]
+
+
+@per_job
+def get_skip_failed_flags(wildcards, input):
+    """`--skip-failed-in RECORD` for each features batch record of a slide-model batch."""
+    return " ".join(f"--skip-failed-in {shlex.quote(r)}" for r in input.features)
+
+
+@per_job
+def get_slide_model_batch_items(wildcards):
+    """Each slide's own `wsiproc slide-predict` arguments: staged features in, staged out."""
+    items = []
+    for patient, slide in batch_members_of("slide_predict", wildcards):
+        args = [
+            slide_path(rules.features.output.h5, patient, slide, staged=True),
+            "--out",
+            slide_path(rules.slide_predict.output.json, patient, slide, staged=True),
+            "--attention-out",
+            slide_path(rules.slide_predict.output.csv, patient, slide, staged=True),
+            "--patient",
+            patient,
+            "--slide-id",
+            slide,
+        ]
+        items.append(("item", slide, args))
+    return item_flags(items)
+
+
+@per_job
+def get_slide_model_record(wildcards):
+    """The batch record of the slide-model batch that holds this slide."""
+    batch = SLIDE_MODEL_BATCH_OF[wildcards.slide]
+    return rules.slide_predict_batch.output.record.format(batch=batch)
+
+
+@per_job
+def get_staged_dir(wildcards):
+    """`.staged/` of one slide, where its batch job wrote its files."""
+    return os.path.join(config["outdir"], wildcards.patient, wildcards.slide, STAGED)
+
+
+@per_job
+def get_slide_dir(wildcards):
+    """The results directory of one slide."""
+    return os.path.join(config["outdir"], wildcards.patient, wildcards.slide)

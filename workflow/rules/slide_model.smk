@@ -1,43 +1,132 @@
 # Slide model (attention MIL): features.h5 -> slide.json (prediction) + attention.csv and its
 # record (windows.csv's contract, one column per attention head) -> attention heatmaps; then
 # the cohort's predictions.tsv and patient_predictions.tsv. Contract: docs/slide-models.md.
-rule slide_predict:
-    input:
-        h5=rules.features.output.h5,
-        model=SLIDE_MODEL_FILES,
-    output:
-        csv="<results>/{patient}/{slide}/attention.csv",
-        meta="<results>/{patient}/{slide}/attention.json",
-        json="<results>/{patient}/{slide}/slide.json",
-    log:
-        "<logs>/slide_predict/{patient}/{slide}.log",
-    benchmark:
-        "<benchmarks>/slide_predict/{patient}/{slide}.tsv"
-    conda:
-        "../envs/wsiproc.yaml"
-    threads: 1
-    resources:
-        mem_mb=attempt_scaled(config["slide_model"]["mem_mb"]),
-        runtime=attempt_scaled(30),
-    params:
-        model=config["slide_model"]["model"],
-        threshold=config["slide_model"]["attention_threshold"],
-        encoder_flag=SLIDE_MODEL_ENCODER_FLAG,
-        device=get_slide_model_device,
-        version=WSIPROC_VERSION,
-    shell:
-        r"""
-        wsiproc slide-predict {input.h5:q} \
-            --model {params.model:q} \
-            --out {output.json:q} \
-            --attention-out {output.csv:q} \
-            --patient {wildcards.patient} \
-            --slide-id {wildcards.slide} \
-            --attention-threshold {params.threshold} \
-            --device {params.device} \
-            {params.encoder_flag} \
-            >{log:q} 2>&1
-        """
+if SLIDE_MODEL_BATCHED:
+
+    # slide_model.slides_per_job > 1: one job per batch of slides loads the slide model once
+    # and predicts each slide through `wsiproc slide-predict`, from the features its batch
+    # staged, into the slide's .staged/. Slides whose features failed are skipped, a slide's
+    # error is recorded and the others go on.
+    rule slide_predict_batch:
+        input:
+            features=get_slide_model_batch_features,
+            model=SLIDE_MODEL_FILES,
+        output:
+            record="<results>/.batches/slide_predict/{batch}.tsv",
+        log:
+            "<logs>/slide_predict_batch/{batch}.log",
+        benchmark:
+            "<benchmarks>/slide_predict_batch/{batch}.tsv"
+        wildcard_constraints:
+            batch="b[0-9]+",
+        conda:
+            "../envs/wsiproc.yaml"
+        threads: 1
+        resources:
+            mem_mb=attempt_scaled(config["slide_model"]["mem_mb"]),
+            runtime=attempt_scaled(30 * SLIDE_MODEL_PER_JOB),
+        params:
+            slides=get_slide_model_batch_items,
+            skip=get_skip_failed_flags,
+            model=config["slide_model"]["model"],
+            threshold=config["slide_model"]["attention_threshold"],
+            encoder_flag=SLIDE_MODEL_ENCODER_FLAG,
+            device=get_slide_model_device,
+            version=WSIPROC_VERSION,
+        shell:
+            r"""
+            wsiproc batch \
+                --record {output.record:q} \
+                {params.skip} \
+                {params.slides} \
+                slide-predict \
+                -- \
+                --model {params.model:q} \
+                --attention-threshold {params.threshold} \
+                --device {params.device} \
+                {params.encoder_flag} \
+                >{log:q} 2>&1
+            """
+
+    # Per slide, the same outputs as without batches: the staged files linked into place, or
+    # the slide's recorded error as this job's failure; it runs where Snakemake runs.
+    localrules:
+        slide_predict,
+
+    rule slide_predict:
+        input:
+            record=get_slide_model_record,
+            h5=rules.features.output.h5,
+        output:
+            csv="<results>/{patient}/{slide}/attention.csv",
+            meta="<results>/{patient}/{slide}/attention.json",
+            json="<results>/{patient}/{slide}/slide.json",
+        log:
+            "<logs>/slide_predict/{patient}/{slide}.log",
+        benchmark:
+            "<benchmarks>/slide_predict/{patient}/{slide}.tsv"
+        conda:
+            "../envs/wsiproc.yaml"
+        threads: 1
+        resources:
+            mem_mb=500,
+            runtime=5,
+        params:
+            staged=get_staged_dir,
+            final=get_slide_dir,
+            version=WSIPROC_VERSION,
+        shell:
+            r"""
+            wsiproc batch-finish \
+                --record {input.record:q} \
+                --slide {wildcards.slide} \
+                --staged {params.staged:q} \
+                --final {params.final:q} \
+                {output.csv:q} \
+                {output.meta:q} \
+                {output.json:q} \
+                >{log:q} 2>&1
+            """
+
+else:
+
+    rule slide_predict:
+        input:
+            h5=rules.features.output.h5,
+            model=SLIDE_MODEL_FILES,
+        output:
+            csv="<results>/{patient}/{slide}/attention.csv",
+            meta="<results>/{patient}/{slide}/attention.json",
+            json="<results>/{patient}/{slide}/slide.json",
+        log:
+            "<logs>/slide_predict/{patient}/{slide}.log",
+        benchmark:
+            "<benchmarks>/slide_predict/{patient}/{slide}.tsv"
+        conda:
+            "../envs/wsiproc.yaml"
+        threads: 1
+        resources:
+            mem_mb=attempt_scaled(config["slide_model"]["mem_mb"]),
+            runtime=attempt_scaled(30),
+        params:
+            model=config["slide_model"]["model"],
+            threshold=config["slide_model"]["attention_threshold"],
+            encoder_flag=SLIDE_MODEL_ENCODER_FLAG,
+            device=get_slide_model_device,
+            version=WSIPROC_VERSION,
+        shell:
+            r"""
+            wsiproc slide-predict {input.h5:q} \
+                --model {params.model:q} \
+                --out {output.json:q} \
+                --attention-out {output.csv:q} \
+                --patient {wildcards.patient} \
+                --slide-id {wildcards.slide} \
+                --attention-threshold {params.threshold} \
+                --device {params.device} \
+                {params.encoder_flag} \
+                >{log:q} 2>&1
+            """
 
 
 # Attention heatmaps: the float TIFF keeps every head's raw attention; the colour TIFF shows

@@ -30,6 +30,8 @@ STAGES = (
     "status",
     "demo",
     "view",
+    "batch",
+    "batch_finish",
 )
 
 
@@ -56,12 +58,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except WsiprocError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI's one catch-all: one line, non-zero
-        print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 70
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the CLI's one catch-all
+        line, code = failure(exc)
+        print(f"error: {line}", file=sys.stderr)
+        return code
+
+
+def failure(exc: BaseException) -> tuple[str, int]:
+    """What a stage's exception makes of its run: the ``error:`` line's text and the exit code
+    (also per slide inside ``wsiproc batch``, so a slide's error reads the same there)."""
+    if isinstance(exc, WsiprocError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", 130
+    return f"internal error: {type(exc).__name__}: {exc}", 70

@@ -76,6 +76,7 @@ def _refuse(flag: str, given: str, source: str, key: str, declared: str) -> None
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..batch.keep import load_once
     from ..errors import ConfigError
     from ..features.encoder import encoder_spec
     from ..features.export import export_features
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from ..stream.engine import run_inference
     from ..stream.request import InferRequest
 
-    enc = encoder_spec(args.encoder)  # a bad sidecar fails before the slide is opened
+    # A bad sidecar fails before the slide is opened (inside a batch: fails the batch).
+    enc = load_once(("encoder_spec", args.encoder), lambda: encoder_spec(args.encoder))
     patch = args.patch_size or enc.patch_size
     if args.patch_size is not None and args.patch_size != enc.patch_size:
         _refuse(

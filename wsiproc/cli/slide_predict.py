@@ -59,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict one slide; raise WsiprocError subclasses on bad input or failed writes."""
+    from ..batch.keep import load_once
     from ..slidemodel.features import grid_cells, read_bag, read_header
     from ..slidemodel.load import load_slide_model
     from ..slidemodel.outputs import (
@@ -72,7 +73,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--attention-threshold", "must be between 0 and 1")
     head = read_header(args.features)
     cells = grid_cells(head)
-    model = load_slide_model(args.model, device=args.device, dim=head.dim)
+    # Loaded once per process inside a batch of slides (wsiproc batch), else per call.
+    model = load_once(
+        ("slide_model", args.model, args.device, head.dim),
+        lambda: load_slide_model(args.model, device=args.device, dim=head.dim),
+        f"slide model {args.model} on {args.device}",
+    )
     model.check_features(head.dim, head.encoder, allow_mismatch=args.allow_encoder_mismatch)
     output = None  # no patches (glass only): nothing to predict, flagged no_patches
     if head.n:

@@ -432,14 +432,21 @@ def _make_collector(req: InferRequest) -> tuple[StreamCollector, str, str, str |
             _warn(claim.note)
         device, gpu = claim.device, claim.device_id
     if features:  # a patch encoder (sidecar-validated), same collector
+        from ..batch.keep import load_once
         from ..features.encoder import Encoder
 
-        encoder = Encoder(
-            req.model,
-            device=device,
-            precision=req.precision,
-            compile_cache=Path(req.compile_cache) if req.compile_cache else None,
-            batch_size=req.batch_size,
+        cache = Path(req.compile_cache) if req.compile_cache else None
+        # Loaded once per process inside a batch of slides (wsiproc batch), else per call.
+        encoder = load_once(
+            ("encoder", req.model, device, req.precision, cache, req.batch_size),
+            lambda: Encoder(
+                req.model,
+                device=device,
+                precision=req.precision,
+                compile_cache=cache,
+                batch_size=req.batch_size,
+            ),
+            f"encoder {req.model} on {device}",
         )
         return ModelCollector(encoder), req.model, device, gpu
     model = load_model(
