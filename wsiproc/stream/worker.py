@@ -28,10 +28,11 @@ is idle (a decode-bound run) nothing competes and the niceness changes nothing."
 
 
 def lower_priority() -> None:
-    """Give this worker process :data:`WORKER_NICENESS` (best effort)."""
+    """Give this worker process :data:`WORKER_NICENESS`, or ``$WSIPROC_WORKER_NICENESS``
+    (0: none), best effort."""
     try:
-        os.nice(WORKER_NICENESS)
-    except OSError:  # not permitted here: run at normal priority
+        os.nice(int(os.environ.get("WSIPROC_WORKER_NICENESS", WORKER_NICENESS)))
+    except (OSError, ValueError):  # not permitted here, or a bad value: normal priority
         pass
 
 
