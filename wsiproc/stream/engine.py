@@ -319,6 +319,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             "setup": round(t_stream - started, 3),
             **_setup_timings(pipeline.marks, started, t_stream),
             "stream": round(stream_s, 3),
+            "stream_collector": round(pipeline.collector_s, 3),
             "assemble": round(time.monotonic() - t_assemble, 3),
         },
     )

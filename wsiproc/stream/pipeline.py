@@ -77,6 +77,9 @@ class Pipeline:
         self.req = req
         self.grid: Grid | None = None
         self.marks: dict[str, float] = {}  # monotonic times of the steps, for timings_s
+        # Seconds inside the collector (the model) during the stream: stream time minus this
+        # is time the model waited for loaders or the writer.
+        self.collector_s = 0.0
         self.writer: Any = None  # set before any process starts: close() may run after errors
         ctx = mp.get_context("fork" if _fork_is_safe() else "spawn")
         self.ctx = ctx
@@ -190,7 +193,9 @@ class Pipeline:
                 )
                 # A copy, always: a collector may reuse its output buffer for the next batch,
                 # and these values wait on the writer's queue.
+                t_model = time.perf_counter()
                 values = np.array(collector.process_piece(piece), dtype=np.float32, copy=True)
+                self.collector_s += time.perf_counter() - t_model
                 values = values.reshape(n, -1)
                 if msg.unreadable is not None:
                     values[msg.unreadable] = np.nan
