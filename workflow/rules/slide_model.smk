@@ -20,22 +20,19 @@ rule slide_predict:
         mem_mb=attempt_scaled(config["slide_model"]["mem_mb"]),
         runtime=attempt_scaled(30),
     params:
-        model=config["slide_model"]["model"],
-        threshold=config["slide_model"]["attention_threshold"],
-        encoder_flag=SLIDE_MODEL_ENCODER_FLAG,
+        # --model, --attention-threshold, --allow-encoder-mismatch (common.smk).
+        args=SLIDE_PREDICT_ARGS,
         device=get_slide_model_device,
         version=WSIPROC_VERSION,
     shell:
         r"""
         wsiproc slide-predict {input.h5:q} \
-            --model {params.model:q} \
+            {params.args} \
             --out {output.json:q} \
             --attention-out {output.csv:q} \
             --patient {wildcards.patient} \
             --slide-id {wildcards.slide} \
-            --attention-threshold {params.threshold} \
             --device {params.device} \
-            {params.encoder_flag} \
             >{log:q} 2>&1
         """
 
@@ -62,9 +59,8 @@ rule attention_heatmap:
         mem_mb=attempt_scaled(2000),
         runtime=attempt_scaled(30),
     params:
-        colormap=config["heatmap"]["colormap"],
-        color_scale=config["slide_model"]["color_scale"],
-        head=SLIDE_MODEL_HEAD,
+        # --colormap, --color-scale, --output (common.smk).
+        args=ATTENTION_HEATMAP_ARGS,
         version=WSIPROC_VERSION,
     shell:
         r"""
@@ -74,9 +70,7 @@ rule attention_heatmap:
             --rgb-out {output.rgb:q} \
             --geojson {output.geojson:q} \
             --thumbnail-out {output.thumbnail:q} \
-            --colormap {params.colormap} \
-            --color-scale {params.color_scale} \
-            {params.head} \
+            {params.args} \
             >{log:q} 2>&1
         """
 
