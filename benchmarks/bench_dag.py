@@ -375,10 +375,6 @@ SLIDE_FILES = [
             "results/{p}/{s}/windows.geojson",
             "logs/heatmap/{p}/{s}.log",
             "logs/benchmarks/heatmap/{p}/{s}.tsv",
-            "results/{p}/{s}/qc.json",
-            "results/{p}/{s}/qc.html",
-            "logs/qc/{p}/{s}.log",
-            "logs/benchmarks/qc/{p}/{s}.tsv",
         ],
     ),
     (
@@ -400,6 +396,15 @@ SLIDE_FILES = [
             "results/{p}/{s}/attention.png",
             "logs/attention_heatmap/{p}/{s}.log",
             "logs/benchmarks/attention_heatmap/{p}/{s}.tsv",
+        ],
+    ),
+    (
+        None,  # last: qc reads features.json and slide.json too
+        [
+            "results/{p}/{s}/qc.json",
+            "results/{p}/{s}/qc.html",
+            "logs/qc/{p}/{s}.log",
+            "logs/benchmarks/qc/{p}/{s}.tsv",
         ],
     ),
 ]
