@@ -81,10 +81,12 @@ rule all:
         expand("results/{p}/{s}/qc.json", zip, p=P, s=S),
         expand("results/{p}/{p}.csv", p=PATIENTS),
         "results/report.html",
+        "results/summary.tsv",
         expand("results/{p}/{s}/features.h5", zip, p=P, s=S) if FEATURES else [],
         "results/features.tsv" if FEATURES else [],
         expand("results/{p}/{s}/attention_rgb.tif", zip, p=P, s=S) if SLIDE_MODEL else [],
         "results/predictions.tsv" if SLIDE_MODEL else [],
+        "results/patient_predictions.tsv" if SLIDE_MODEL else [],
 
 rule select_level:
     input:
@@ -139,6 +141,8 @@ rule qc:
         "results/{patient}/{slide}/windows.csv",
         "results/{patient}/{slide}/windows.json",
         "logs/benchmarks/infer/{patient}/{slide}.tsv",
+        "results/{patient}/{slide}/features.json" if FEATURES or SLIDE_MODEL else [],
+        "results/{patient}/{slide}/slide.json" if SLIDE_MODEL else [],
     output:
         "results/{patient}/{slide}/qc.json",
         "results/{patient}/{slide}/qc.html",
@@ -165,6 +169,9 @@ rule report:
     input:
         expand("results/{p}/{s}/qc.json", zip, p=P, s=S),
         expand("results/{p}/{s}/heatmap_rgb.tif", zip, p=P, s=S),
+        expand("results/{p}/{s}/features.json", zip, p=P, s=S) if FEATURES or SLIDE_MODEL else [],
+        expand("results/{p}/{s}/slide.json", zip, p=P, s=S) if SLIDE_MODEL else [],
+        expand("results/{p}/{s}/attention.png", zip, p=P, s=S) if SLIDE_MODEL else [],
         config["samples"],
     output:
         "results/report.html",
@@ -225,6 +232,7 @@ rule attention_heatmap:
         "results/{patient}/{slide}/attention.tif",
         "results/{patient}/{slide}/attention_rgb.tif",
         "results/{patient}/{slide}/attention.geojson",
+        "results/{patient}/{slide}/attention.png",
     log:
         "logs/attention_heatmap/{patient}/{slide}.log",
     benchmark:
@@ -367,10 +375,6 @@ SLIDE_FILES = [
             "results/{p}/{s}/windows.geojson",
             "logs/heatmap/{p}/{s}.log",
             "logs/benchmarks/heatmap/{p}/{s}.tsv",
-            "results/{p}/{s}/qc.json",
-            "results/{p}/{s}/qc.html",
-            "logs/qc/{p}/{s}.log",
-            "logs/benchmarks/qc/{p}/{s}.tsv",
         ],
     ),
     (
@@ -389,8 +393,18 @@ SLIDE_FILES = [
             "results/{p}/{s}/attention.tif",
             "results/{p}/{s}/attention_rgb.tif",
             "results/{p}/{s}/attention.geojson",
+            "results/{p}/{s}/attention.png",
             "logs/attention_heatmap/{p}/{s}.log",
             "logs/benchmarks/attention_heatmap/{p}/{s}.tsv",
+        ],
+    ),
+    (
+        None,  # last: qc reads features.json and slide.json too
+        [
+            "results/{p}/{s}/qc.json",
+            "results/{p}/{s}/qc.html",
+            "logs/qc/{p}/{s}.log",
+            "logs/benchmarks/qc/{p}/{s}.tsv",
         ],
     ),
 ]

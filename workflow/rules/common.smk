@@ -161,7 +161,11 @@ if len(missing):
 
 # 3. Per-slide lookups, built once: the DAG asks for them thousands of times ----------
 SLIDE_PATH = dict(zip(samples["slide"], samples["path"]))
-SLIDE_MPP = dict(zip(samples["slide"], samples["mpp"]))
+# `--slide-mpp M` of each slide (or nothing), formatted once rather than per job.
+SLIDE_MPP_FLAG = {
+    slide: "" if pd.isna(mpp) else f"--slide-mpp {float(mpp)!r}"
+    for slide, mpp in zip(samples["slide"], samples["mpp"])
+}
 PATIENT_SLIDES = samples.groupby("patient", sort=False)["slide"].agg(list).to_dict()
 
 
@@ -272,8 +276,7 @@ def level_function_files():
 @per_job
 def get_slide_mpp(wildcards):
     """`--slide-mpp M` from the sheet's mpp cell (overrides the slide's metadata), or nothing."""
-    mpp = SLIDE_MPP[wildcards.slide]
-    return "" if pd.isna(mpp) else f"--slide-mpp {float(mpp)!r}"
+    return SLIDE_MPP_FLAG[wildcards.slide]
 
 
 def fallback_mpp():
@@ -399,6 +402,71 @@ HEATMAP_VMIN = heatmap_limit("vmin")
 HEATMAP_VMAX = heatmap_limit("vmax")
 
 
+def command_args(*args):
+    """The non-empty ones of `args` as one string: flags with values (`--stride 224`) and
+    composed flags (LEVEL_SPEC, ...) that every job of a rule passes alike.
+
+    Composed once, they are one param and one field of the shell command of each of those
+    rules. Snakemake formats every field of a command three times per job while planning (a
+    dry run too), and one field per flag made the workflow's planning grow further from a
+    bare Snakefile's. As a param the string still reruns the jobs when any value changes.
+    """
+    return " ".join(arg for arg in args if arg)
+
+
+def option(flag, value):
+    """`flag value`, the value shell-quoted (a path or name may hold spaces)."""
+    return f"{flag} {shlex.quote(str(value))}"
+
+
+WINDOW = config["window"]
+SELECT_LEVEL_ARGS = command_args(
+    option("--on-read-error", WINDOW["on_read_error"]),
+    LEVEL_SPEC,
+    FALLBACK_MPP,
+)
+INFER_ARGS = command_args(
+    option("--kernel-size", WINDOW["kernel_size"]),
+    option("--stride", WINDOW["stride"]),
+    option("--border", WINDOW["border"]),
+    option("--min-tissue", WINDOW["min_tissue"]),
+    option("--max-ink", WINDOW["max_ink"]),
+    option("--on-read-error", WINDOW["on_read_error"]),
+    option("--model", config["model"]["path"]),
+    option("--precision", config["model"]["precision"]),
+    MPP_MISMATCH,
+)
+HEATMAP_ARGS = command_args(
+    option("--mode", config["heatmap"]["mode"]),
+    option("--colormap", config["heatmap"]["colormap"]),
+    HEATMAP_OUTPUT,
+    HEATMAP_VMIN,
+    HEATMAP_VMAX,
+)
+QC_ARGS = command_args(
+    option("--blur-threshold", config["qc"]["blur_threshold"]),
+    option("--pen-threshold", config["qc"]["pen_threshold"]),
+    option("--min-tissue-percent", config["qc"]["min_tissue_percent"]),
+)
+FEATURES_ARGS = command_args(
+    option("--encoder", config["features"]["encoder"]),
+    FEATURES_OPTIONS,
+    option("--min-tissue", config["features"]["min_tissue"]),
+    FALLBACK_MPP,
+    FEATURES_EXPORTS,
+)
+SLIDE_PREDICT_ARGS = command_args(
+    option("--model", config["slide_model"]["model"]),
+    option("--attention-threshold", config["slide_model"]["attention_threshold"]),
+    SLIDE_MODEL_ENCODER_FLAG,
+)
+ATTENTION_HEATMAP_ARGS = command_args(
+    option("--colormap", config["heatmap"]["colormap"]),
+    option("--color-scale", config["slide_model"]["color_scale"]),
+    SLIDE_MODEL_HEAD,
+)
+
+
 # Runtime knobs: these take `resources`, which makes Snakemake treat them as derived and
 # leave them out of the params rerun trigger. Changing them never reruns anything.
 @per_job
@@ -485,15 +553,25 @@ def get_all_predictions_if_enabled(wildcards):
     )
 
 
-@per_job
-def get_qc_stage_flags(wildcards, input):
-    """`--features-json F` / `--slide-json S` of qc for the enabled optional stages."""
+def qc_stage_records():
+    """`--features-json F` / `--slide-json S` of qc for the enabled optional stages.
+
+    The paths are the slide's file patterns: Snakemake fills a string param's wildcards in
+    for each job, which costs less than a function called (and inspected) per job.
+    """
     flags = []
-    if input.get("features"):
-        flags.append(f"--features-json {shlex.quote(input.features)}")
-    if input.get("prediction"):
-        flags.append(f"--slide-json {shlex.quote(input.prediction)}")
+    if FEATURES_ON:
+        flags.append(f"--features-json {quote_pattern(rules.features.output.meta)}")
+    if config["slide_model"]["enabled"]:
+        flags.append(f"--slide-json {quote_pattern(rules.slide_predict.output.json)}")
     return " ".join(flags)
+
+
+def quote_pattern(pattern):
+    """A file pattern shell-quoted as its files will need: the wildcards' values are ids
+    (letters, digits, `._-`: the constraints above), so only the rest of it counts."""
+    plain = pattern.replace("{", "").replace("}", "")
+    return pattern if shlex.quote(plain) == plain else shlex.quote(pattern)
 
 
 @per_job
@@ -682,8 +760,7 @@ def get_features_batch_items(wildcards):
     its own `wsiproc features` arguments: input, staged --out and mask, ids."""
     items = []
     for patient, slide in batch_members_of("features", wildcards):
-        mpp = SLIDE_MPP[slide]
-        mpp = [] if pd.isna(mpp) else ["--slide-mpp", repr(float(mpp))]
+        mpp = shlex.split(SLIDE_MPP_FLAG[slide])
         level = [
             slide_path(rules.select_level.output[name], patient, slide, staged=True)
             for name in ("level", "thumbnail", "mask")
@@ -692,10 +769,8 @@ def get_features_batch_items(wildcards):
             "level",
             SLIDE_PATH[slide],
             *("--out", level[0], "--thumbnail", level[1], "--mask", level[2]),
-            *("--on-read-error", config["window"]["on_read_error"]),
-            *shlex.split(LEVEL_SPEC),
+            *shlex.split(SELECT_LEVEL_ARGS),
             *mpp,
-            *shlex.split(FALLBACK_MPP),
         ]
         args = [
             SLIDE_PATH[slide],

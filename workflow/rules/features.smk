@@ -32,11 +32,9 @@ if FEATURES_BATCHED:
             runtime=attempt_scaled(120 * FEATURES_PER_JOB),
         params:
             slides=get_features_batch_items,
-            encoder=config["features"]["encoder"],
-            options=FEATURES_OPTIONS,
-            exports=FEATURES_EXPORTS,
-            min_tissue=config["features"]["min_tissue"],
-            fallback_mpp=FALLBACK_MPP,
+            # --encoder, the features.* options, --min-tissue, --fallback-mpp, --export
+            # (common.smk).
+            args=FEATURES_ARGS,
             batch_size=get_features_batch_size,
             device=get_features_device,
             version=WSIPROC_VERSION,
@@ -47,11 +45,7 @@ if FEATURES_BATCHED:
                 {params.slides} \
                 features \
                 -- \
-                --encoder {params.encoder:q} \
-                {params.options} \
-                --min-tissue {params.min_tissue} \
-                {params.fallback_mpp} \
-                {params.exports} \
+                {params.args} \
                 --workers {threads} \
                 --threads {threads} \
                 --batch-size {params.batch_size} \
@@ -127,12 +121,10 @@ else:
             mem_mb=attempt_scaled(FEATURES_MEM_MB),
             runtime=attempt_scaled(120),
         params:
-            encoder=config["features"]["encoder"],
-            options=FEATURES_OPTIONS,
-            exports=FEATURES_EXPORTS,
-            min_tissue=config["features"]["min_tissue"],
+            # --encoder, the features.* options, --min-tissue, --fallback-mpp, --export
+            # (common.smk).
+            args=FEATURES_ARGS,
             slide_mpp=get_slide_mpp,
-            fallback_mpp=FALLBACK_MPP,
             batch_size=get_features_batch_size,
             device=get_features_device,
             version=WSIPROC_VERSION,
@@ -140,13 +132,9 @@ else:
             r"""
             wsiproc features {input.slide:q} \
                 --out {output.h5:q} \
-                --encoder {params.encoder:q} \
                 --mask {input.mask:q} \
-                {params.options} \
-                --min-tissue {params.min_tissue} \
+                {params.args} \
                 {params.slide_mpp} \
-                {params.fallback_mpp} \
-                {params.exports} \
                 --workers {threads} \
                 --threads {threads} \
                 --batch-size {params.batch_size} \

@@ -28,11 +28,8 @@ rule heatmap:
         mem_mb=attempt_scaled(2000),
         runtime=attempt_scaled(30),
     params:
-        mode=config["heatmap"]["mode"],
-        colormap=config["heatmap"]["colormap"],
-        output=HEATMAP_OUTPUT,
-        vmin=HEATMAP_VMIN,
-        vmax=HEATMAP_VMAX,
+        # --mode, --colormap, --output, --vmin, --vmax (common.smk).
+        args=HEATMAP_ARGS,
         version=WSIPROC_VERSION,
     shell:
         r"""
@@ -41,10 +38,6 @@ rule heatmap:
             --out {output.tif:q} \
             --rgb-out {output.rgb:q} \
             --geojson {output.geojson:q} \
-            --mode {params.mode} \
-            --colormap {params.colormap} \
-            {params.output} \
-            {params.vmin} \
-            {params.vmax} \
+            {params.args} \
             >{log:q} 2>&1
         """

@@ -25,15 +25,8 @@ rule infer:
         mem_mb=attempt_scaled(INFER_MEM_MB),
         runtime=attempt_scaled(120),
     params:
-        kernel_size=config["window"]["kernel_size"],
-        stride=config["window"]["stride"],
-        border=config["window"]["border"],
-        min_tissue=config["window"]["min_tissue"],
-        max_ink=config["window"]["max_ink"],
-        on_read_error=config["window"]["on_read_error"],
-        model=config["model"]["path"],
-        precision=config["model"]["precision"],
-        mpp_mismatch=MPP_MISMATCH,
+        # The window.* flags, --model, --precision, --allow-mpp-mismatch (common.smk).
+        args=INFER_ARGS,
         batch_size=get_batch_size,
         device=get_device,
         version=WSIPROC_VERSION,
@@ -43,19 +36,11 @@ rule infer:
             --out {output.csv:q} \
             --plan {input.plan:q} \
             --mask {input.mask:q} \
-            --kernel-size {params.kernel_size} \
-            --stride {params.stride} \
-            --border {params.border} \
-            --min-tissue {params.min_tissue} \
-            --max-ink {params.max_ink} \
-            --on-read-error {params.on_read_error} \
-            --model {params.model:q} \
+            {params.args} \
             --workers {threads} \
             --threads {threads} \
             --batch-size {params.batch_size} \
             --device {params.device} \
-            --precision {params.precision} \
-            {params.mpp_mismatch} \
             --patient {wildcards.patient} \
             --slide-id {wildcards.slide} \
             --quiet \

@@ -37,10 +37,9 @@ rule select_level:
         mem_mb=attempt_scaled(2000),
         runtime=attempt_scaled(20),
     params:
-        level_spec=LEVEL_SPEC,
+        # --on-read-error, the level spec and --fallback-mpp (common.smk).
+        args=SELECT_LEVEL_ARGS,
         slide_mpp=get_slide_mpp,
-        fallback_mpp=FALLBACK_MPP,
-        on_read_error=config["window"]["on_read_error"],
         version=WSIPROC_VERSION,
     shell:
         r"""
@@ -48,9 +47,7 @@ rule select_level:
             --out {output.level:q} \
             --thumbnail {output.thumbnail:q} \
             --mask {output.mask:q} \
-            --on-read-error {params.on_read_error} \
-            {params.level_spec} \
+            {params.args} \
             {params.slide_mpp} \
-            {params.fallback_mpp} \
             >{log:q} 2>&1
         """

@@ -36,10 +36,9 @@ rule qc:
         mem_mb=attempt_scaled(2000),
         runtime=attempt_scaled(20),
     params:
-        blur_threshold=config["qc"]["blur_threshold"],
-        pen_threshold=config["qc"]["pen_threshold"],
-        min_tissue_percent=config["qc"]["min_tissue_percent"],
-        stage_records=get_qc_stage_flags,
+        # --blur-threshold, --pen-threshold, --min-tissue-percent (common.smk).
+        args=QC_ARGS,
+        stage_records=qc_stage_records(),
         version=WSIPROC_VERSION,
     shell:
         r"""
@@ -52,9 +51,7 @@ rule qc:
             --benchmark {input.benchmark:q} \
             --out {output.json:q} \
             --html {output.html:q} \
-            --blur-threshold {params.blur_threshold} \
-            --pen-threshold {params.pen_threshold} \
-            --min-tissue-percent {params.min_tissue_percent} \
+            {params.args} \
             {params.stage_records} \
             >{log:q} 2>&1
         """

@@ -28,9 +28,8 @@ if SLIDE_MODEL_BATCHED:
         params:
             slides=get_slide_model_batch_items,
             skip=get_skip_failed_flags,
-            model=config["slide_model"]["model"],
-            threshold=config["slide_model"]["attention_threshold"],
-            encoder_flag=SLIDE_MODEL_ENCODER_FLAG,
+            # --model, --attention-threshold, --allow-encoder-mismatch (common.smk).
+            args=SLIDE_PREDICT_ARGS,
             device=get_slide_model_device,
             version=WSIPROC_VERSION,
         shell:
@@ -41,10 +40,8 @@ if SLIDE_MODEL_BATCHED:
                 {params.slides} \
                 slide-predict \
                 -- \
-                --model {params.model:q} \
-                --attention-threshold {params.threshold} \
+                {params.args} \
                 --device {params.device} \
-                {params.encoder_flag} \
                 >{log:q} 2>&1
             """
 
@@ -109,22 +106,19 @@ else:
             mem_mb=attempt_scaled(config["slide_model"]["mem_mb"]),
             runtime=attempt_scaled(30),
         params:
-            model=config["slide_model"]["model"],
-            threshold=config["slide_model"]["attention_threshold"],
-            encoder_flag=SLIDE_MODEL_ENCODER_FLAG,
+            # --model, --attention-threshold, --allow-encoder-mismatch (common.smk).
+            args=SLIDE_PREDICT_ARGS,
             device=get_slide_model_device,
             version=WSIPROC_VERSION,
         shell:
             r"""
             wsiproc slide-predict {input.h5:q} \
-                --model {params.model:q} \
+                {params.args} \
                 --out {output.json:q} \
                 --attention-out {output.csv:q} \
                 --patient {wildcards.patient} \
                 --slide-id {wildcards.slide} \
-                --attention-threshold {params.threshold} \
                 --device {params.device} \
-                {params.encoder_flag} \
                 >{log:q} 2>&1
             """
 
@@ -151,9 +145,8 @@ rule attention_heatmap:
         mem_mb=attempt_scaled(2000),
         runtime=attempt_scaled(30),
     params:
-        colormap=config["heatmap"]["colormap"],
-        color_scale=config["slide_model"]["color_scale"],
-        head=SLIDE_MODEL_HEAD,
+        # --colormap, --color-scale, --output (common.smk).
+        args=ATTENTION_HEATMAP_ARGS,
         version=WSIPROC_VERSION,
     shell:
         r"""
@@ -163,9 +156,7 @@ rule attention_heatmap:
             --rgb-out {output.rgb:q} \
             --geojson {output.geojson:q} \
             --thumbnail-out {output.thumbnail:q} \
-            --colormap {params.colormap} \
-            --color-scale {params.color_scale} \
-            {params.head} \
+            {params.args} \
             >{log:q} 2>&1
         """
 
