@@ -434,6 +434,7 @@ INFER_ARGS = command_args(
     option("--on-read-error", WINDOW["on_read_error"]),
     option("--model", config["model"]["path"]),
     option("--precision", config["model"]["precision"]),
+    "--compile" if config["model"]["compile"] else "",
     MPP_MISMATCH,
 )
 HEATMAP_ARGS = command_args(
@@ -454,6 +455,7 @@ FEATURES_ARGS = command_args(
     option("--min-tissue", config["features"]["min_tissue"]),
     FALLBACK_MPP,
     FEATURES_EXPORTS,
+    "--compile" if config["features"]["compile"] else "",
 )
 SLIDE_PREDICT_ARGS = command_args(
     option("--model", config["slide_model"]["model"]),
