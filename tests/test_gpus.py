@@ -185,7 +185,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[
 
     loaded: list[str] = []
 
-    def load_model(source: str, *, kernel_px: int, device: str, precision: str) -> Any:
+    def load_model(source: str, *, kernel_px: int, device: str, **_: Any) -> Any:
         loaded.append(device)
         return models.MeanRGB()
 
