@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ class CompileRecord:
     seconds: float  # compile (on a miss) plus load
     batch_size: int
     max_abs_vs_eager: float | None  # checked when built; None when loaded from the cache
+    output_shape: tuple[int, ...]  # of one input, as the eager program returned it when built
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,7 +111,8 @@ def describe(record: dict[str, Any] | None) -> str:
 
 
 class CompiledForward:
-    """A callable like the module it replaces, for any batch of 1..``batch_size`` inputs."""
+    """A callable like the module it replaces, for any batch of 1..``batch_size`` images
+    (n, 3, h, w): padded to the compiled batch and laid out channels-last, as compiled."""
 
     def __init__(self, runner: Any, batch_size: int, record: CompileRecord) -> None:
         self.runner, self.batch_size, self.record = runner, batch_size, record
@@ -124,14 +127,14 @@ class CompiledForward:
         if n < self.batch_size:
             pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
             x = torch.cat([x, pad])
-        y = self.runner(x.contiguous())
+        y = self.runner(x.contiguous(memory_format=torch.channels_last))
         if isinstance(y, (tuple, list)):
             y = y[0]
         return y[:n]
 
 
-def compile_program(
-    module: Any,
+def compiled_forward(
+    load_eager: Callable[[], Any],
     *,
     model_sha256: str,
     precision: str,
@@ -141,8 +144,9 @@ def compile_program(
     cache_dir: Path,
     source: str,
 ) -> CompiledForward:
-    """``module`` (a prepared ``torch.export`` program: cast, on ``device``) compiled for
-    ``batch_size`` inputs of ``input_size`` px, from ``cache_dir`` or built there now.
+    """The program compiled for ``batch_size`` images of ``input_size`` px: loaded from
+    ``cache_dir``, or built there now from ``load_eager()`` (the prepared ``torch.export``
+    program: cast, on ``device``), which a cache hit never calls.
 
     Concurrent jobs of a cohort take a file lock per package: one builds it, the others wait
     and load it. A package is written under a temporary name and renamed, so a killed build
@@ -158,13 +162,13 @@ def compile_program(
 
     from .precision import torch_dtype
 
-    dtype = torch_dtype(precision)
     key = json.dumps(
         {
             "model": model_sha256,
             "precision": precision,
             "batch": batch_size,
             "size": input_size,
+            "layout": "channels_last",
             "machine": machine_identity(device),
             "torch": torch.__version__,
         },
@@ -176,31 +180,37 @@ def compile_program(
     except OSError as exc:
         raise ModelError(source, f"cannot create compile cache {cache_dir}: {exc}") from exc
     package = cache_dir / f"{digest}.pt2"
-    example = torch.zeros(batch_size, 3, input_size, input_size, dtype=dtype, device=device)
+    meta = package.with_suffix(".json")
     t0 = time.perf_counter()
     with open(cache_dir / f"{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if package.exists():
+        if package.exists() and meta.exists():
             cache, agreement = "hit", None
+            shape = tuple(json.loads(meta.read_text())["output_shape"])
             runner = torch._inductor.aoti_load_package(str(package))
         else:
             cache = "miss"
-            runner, agreement = _build(module, example, package, key, precision, source)
+            example = torch.zeros(
+                batch_size, 3, input_size, input_size, dtype=torch_dtype(precision), device=device
+            ).contiguous(memory_format=torch.channels_last)
+            runner, agreement, shape = _build(load_eager(), example, package, key, source)
     record = CompileRecord(
         package=str(package),
         cache=cache,
         seconds=round(time.perf_counter() - t0, 3),
         batch_size=batch_size,
         max_abs_vs_eager=agreement,
+        output_shape=shape,
     )
     return CompiledForward(runner, batch_size, record)
 
 
 def _build(
-    module: Any, example: Any, package: Path, key: str, precision: str, source: str
-) -> tuple[Any, float]:
-    """Export ``module`` at the example's static shape, AOT-compile it, check it against the
-    eager module, then publish it as ``package``: (the loaded runner, max abs difference)."""
+    module: Any, example: Any, package: Path, key: str, source: str
+) -> tuple[Any, float, tuple[int, ...]]:
+    """Export ``module`` at the example's static shape and layout, AOT-compile it, check it
+    against the eager module, then publish it as ``package`` (and its key and output shape
+    beside it): (the loaded runner, max abs difference, output shape of one input)."""
     import torch
 
     tmp = package.with_name(f".{package.stem}.{os.getpid()}.tmp.pt2")
@@ -215,31 +225,38 @@ def _build(
         except Exception as exc:  # noqa: BLE001 - any failure: say so, leave the cache clean
             problem = f"cannot compile it with AOTInductor ({one_line(exc)}); run without --compile"
             raise ModelError(source, problem) from exc
-        agreement = _check_agreement(module, runner, example, precision, source)
-        package.with_suffix(".json").write_text(key + "\n")
+        agreement, shape = _check_agreement(module, runner, example, source)
+        meta = {"key": json.loads(key), "output_shape": list(shape), "max_abs_vs_eager": agreement}
+        package.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
         os.replace(tmp, package)
     finally:
         tmp.unlink(missing_ok=True)
-    return runner, agreement
+    return runner, agreement, shape
 
 
-def _check_agreement(module: Any, runner: Any, example: Any, precision: str, source: str) -> float:
-    """Max abs difference between eager and compiled outputs on a fixed random batch."""
+def _check_agreement(
+    module: Any, runner: Any, example: Any, source: str
+) -> tuple[float, tuple[int, ...]]:
+    """Max abs difference between eager and compiled outputs on a fixed random batch, and the
+    output shape of one input."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(example.shape, generator=gen).to(dtype=example.dtype, device=example.device)
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         eager = module(x)
-        compiled = runner(x.contiguous())
+        compiled = runner(x)
     eager = eager[0] if isinstance(eager, (tuple, list)) else eager
     compiled = compiled[0] if isinstance(compiled, (tuple, list)) else compiled
     diff = float((eager.float() - compiled.float()).abs().max())
     scale = float(eager.float().abs().max()) or 1.0
-    if not diff <= AGREEMENT_TOLERANCE[precision] * scale:
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    tolerance = AGREEMENT_TOLERANCE[precision[example.dtype]]
+    if not diff <= tolerance * scale:
         raise ModelError(
             source,
             f"its compiled outputs differ from the eager ones by {diff:.3g} (scale {scale:.3g}); "
             "run without --compile",
         )
-    return diff
+    return diff, tuple(int(d) for d in eager.shape[1:])

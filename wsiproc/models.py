@@ -303,19 +303,14 @@ class TorchScriptModel:
         mean_t = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
         self._scale = (1.0 / (255.0 * std_t)).to(device=self.device, dtype=self.dtype)
         self._shift = (-mean_t / std_t).to(device=self.device, dtype=self.dtype)
-        if path.suffix == ".pt2":
-            module = self._load_exported(path)
-        else:
-            module = self._load_torchscript(path)
-        self.module = self._prepare(module)
         self._sha = file_sha256(path)
         self.compiled: dict[str, Any] | None = None
         if compile_cache is not None:
-            from .compiled import compile_program, require_program
+            from .compiled import compiled_forward, require_program
 
             require_program(path)
-            forward = compile_program(
-                self.module,
+            forward = compiled_forward(
+                lambda: self._prepare(self._load_exported(path)),  # only to build a package
                 model_sha256=self._sha,
                 precision=self.precision,
                 batch_size=batch_size,
@@ -325,12 +320,20 @@ class TorchScriptModel:
                 source=self.source,
             )
             self.module, self.compiled = forward, forward.record.to_dict()
-        probe = self._forward(np.full((1, kernel_px, kernel_px, 3), 255, dtype=np.uint8))
-        if probe.ndim not in (2, 4):
-            raise ModelError(
-                self.source, f"output must be (n, C) or (n, C, h, w), got {probe.shape}"
-            )
-        self.output_shape = tuple(int(s) for s in probe.shape[1:])
+            # Checked against the eager program when the package was built: no probe (one
+            # probe would cost a whole compiled batch).
+            shape: tuple[int, ...] = (1, *forward.record.output_shape)
+        else:
+            if path.suffix == ".pt2":
+                module = self._load_exported(path)
+            else:
+                module = self._load_torchscript(path)
+            self.module = self._prepare(module)
+            probe = self._forward(np.full((1, kernel_px, kernel_px, 3), 255, dtype=np.uint8))
+            shape = tuple(probe.shape)
+        if len(shape) not in (2, 4):
+            raise ModelError(self.source, f"output must be (n, C) or (n, C, h, w), got {shape}")
+        self.output_shape = tuple(int(s) for s in shape[1:])
         names = self.sidecar.get("output_names")
         c = self.output_shape[0]
         if names is None:

@@ -105,7 +105,7 @@ class Encoder:
         else:
             path = Path(source)
             self.spec, self.sidecar = read_spec(path)
-            module = _load_file(path)
+            module = None if compile_cache is not None else _load_file(path)
             self.sha256 = file_sha256(path)
         requested = precision or self.spec.precision
         if requested not in ("fp32", "bf16", "fp16", "auto"):
@@ -117,16 +117,24 @@ class Encoder:
         self.dtype = torch_dtype(self.precision)
         self.input_size = self.spec.input_size
         example = torch.zeros(1, 3, self.input_size, self.input_size, dtype=self.dtype)
-        self.module = prepare_module(module, self.precision, self.device, example, source=source)
         self.compiled: dict[str, Any] | None = None
-        if compile_cache is not None:
-            from ..compiled import compile_program, require_program
+        if compile_cache is None:
+            self.module = prepare_module(
+                module, self.precision, self.device, example, source=source
+            )
+        else:
+            from ..compiled import compiled_forward, require_program
 
             if self.sidecar is None:
                 raise ConfigError("compile", f"{source} is built in; only .pt2 programs compile")
             require_program(Path(source))
-            forward = compile_program(
-                self.module,
+
+            def load_eager() -> Any:  # only to build a package
+                loaded = _load_file(Path(source))
+                return prepare_module(loaded, self.precision, self.device, example, source=source)
+
+            forward = compiled_forward(
+                load_eager,
                 model_sha256=self.sha256,
                 precision=self.precision,
                 batch_size=batch_size,
@@ -142,7 +150,8 @@ class Encoder:
         d = self.spec.output_dim
         self.output_shape: tuple[int, ...] = (d,)
         self.output_names = [f"feat_{i}" for i in range(d)]
-        self._probe()
+        if self.compiled is None:  # a compiled one was probed when built; every batch's
+            self._probe()  # dimension and finiteness are checked anyway
 
     def __repr__(self) -> str:
         return (

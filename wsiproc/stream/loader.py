@@ -19,7 +19,7 @@ from ..grid import Chunk, Grid
 from ..level import LevelPlan
 from .messages import ChunkTask, GroupTask, LoaderDone, LoaderFailed, ReadFailure, WindowBatch
 from .shm import SlotPool
-from .worker import get_while_parent_alive, lower_priority, quiet_signals
+from .worker import get_while_parent_alive, quiet_signals
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,6 @@ def run_loader(
     """Loader process body: a job (or None: nothing to do), then tasks in, filled slots out,
     then ``LoaderDone``."""
     quiet_signals()
-    lower_priority()
     # Load the decoders while the engine is still planning (overlaps their import time).
     os.environ.setdefault("VIPS_CONCURRENCY", "1")
     import pyvips

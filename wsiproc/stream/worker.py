@@ -19,23 +19,6 @@ def quiet_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-WORKER_NICENESS = 10
-"""How much the loaders and the writer yield to the collector. They work ahead of it (the slots
-and the writer's queue buffer them), while the model's threads synchronise at every parallel
-region: where they share cores, one preempted model thread stalls the others until it runs
-again. At lower priority the workers fill the model's idle moments instead; where the model
-is idle (a decode-bound run) nothing competes and the niceness changes nothing."""
-
-
-def lower_priority() -> None:
-    """Give this worker process :data:`WORKER_NICENESS`, or ``$WSIPROC_WORKER_NICENESS``
-    (0: none), best effort."""
-    try:
-        os.nice(int(os.environ.get("WSIPROC_WORKER_NICENESS", WORKER_NICENESS)))
-    except (OSError, ValueError):  # not permitted here, or a bad value: normal priority
-        pass
-
-
 def get_while_parent_alive(q: Any, parent_pid: int) -> Any:
     """Blocking get that gives up when the parent process died (no orphans after SIGKILL)."""
     while True:

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import OutputError
 from .checkpoint import Checkpoint
 from .messages import ProcessedPiece, WriterClose, WriterFailed, WriterJob
-from .worker import get_while_parent_alive, lower_priority, quiet_signals
+from .worker import get_while_parent_alive, quiet_signals
 
 
 def run_writer(jobs: Any, pieces: Any, status: Any, parent_pid: int) -> None:
@@ -25,7 +25,6 @@ def run_writer(jobs: Any, pieces: Any, status: Any, parent_pid: int) -> None:
     path. Exits on its own if the engine process dies (what is committed stays committed).
     """
     quiet_signals()
-    lower_priority()
     job: WriterJob | None = get_while_parent_alive(jobs, parent_pid)
     if job is None:
         return
