@@ -1,15 +1,16 @@
 """Ahead-of-time compiled forwards for ``torch.export`` programs (AOTInductor), cached on disk.
 
-Why: inductor's fused, weight-prepacked kernels beat the eager program and TorchScript's frozen
-graph on the CPU (docs/performance.md), but a cold compile costs half a minute or more: longer
-than a small slide's whole run. So the compiled package is built once per (program, precision,
-batch, input size, device, torch release, CPU) into a cache directory, and every later slide
-of a cohort, in any process, loads it in well under a second.
+Why: inductor's fused, weight-prepacked kernels can beat TorchScript's frozen graph (the JIT
+``torch.compile`` ran the benchmark CNN 1.16x faster on this project's CPU; its AOT package
+did not gain there, docs/performance.md, so it is the user's choice), but a cold compile costs
+20 s or more: longer than a small slide's whole run. So the compiled package is built once
+per (program, precision, batch, input size, device, torch release, CPU) into a cache
+directory, and every later slide of a cohort, in any process, loads it (seconds, not minutes).
 
 AOTInductor packages are compiled for one input shape and one memory layout and check neither:
 a shorter batch or a channels-last tensor returns wrong numbers without an error. Hence
 :class:`CompiledForward` always feeds the compiled shape (partial batches padded with zeros,
-the padding's rows dropped) in the contiguous layout it was compiled with.
+the padding's rows dropped) in the channels-last layout it was compiled for.
 """
 
 from __future__ import annotations
