@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,15 +77,23 @@ def forward_limits(encoder_path: Path, precision: str) -> dict:
     return {"module_pps": module_pps, "encoder_pps": encoder_pps, "encoder": enc, "pixels": pixels}
 
 
-def sustained_pps(limits: dict, n: int) -> float:
+def sustained_pps(limits: dict, n: int) -> tuple[float, float]:
     """Patches/s of the encoder path over ``n`` patches in batches of BATCH (the last one
     partial), timed as a whole: what a stream of ``n`` patches could reach at most here, where
-    the best-of-rounds figures above time one lucky batch."""
+    the best-of-rounds figures above time one lucky batch. Also the patches per CPU-second
+    this process spent on them (all its threads): the same work counted in CPU time, which a
+    neighbour taking cores from the VM does not change."""
     enc, pixels = limits["encoder"], limits["pixels"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, n, BATCH):
         enc(pixels[: min(BATCH, n - start)])
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's finished children and their own reaped children."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def run_features(
@@ -97,11 +106,12 @@ def run_features(
         "--threads", str(os.cpu_count() or 1), "--device", "cpu", "--precision", precision,
         "--quiet",
     ]  # fmt: skip
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu_s()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     rss = TreeRSS(proc.pid, rss_interval)
     _, err = proc.communicate()
     wall = time.perf_counter() - t0
+    cpu_s = children_cpu_s() - c0  # the whole tree: collector, loaders, writer
     peak = rss.stop()
     if proc.returncode != 0:
         raise SystemExit(f"wsiproc features failed: {err.strip()}")
@@ -114,6 +124,9 @@ def run_features(
         "timings_s": t,
         "pps_stream": n / t["stream"] if t["stream"] else None,
         "pps_wall": n / wall,
+        "cpu_s": cpu_s,
+        "cores_used": cpu_s / wall,
+        "patches_per_cpu_s": n / cpu_s if cpu_s else None,
         "assemble_over_stream": t["assemble"] / t["stream"] if t["stream"] else None,
         "h5_mb": out.stat().st_size / 2**20,
         "peak_rss_mb": peak / 2**20,
@@ -160,16 +173,17 @@ def main() -> int:
         limits = forward_limits(vit, args.precision)
         # The sustained limit right before and right after the run (the VM's speed drifts by
         # 10-20% over minutes): the faster of the two is kept.
-        before = sustained_pps(limits, 5 * BATCH)
+        before, before_cpu = sustained_pps(limits, 5 * BATCH)
         # Sampled once a second: at 50 ms the sampler's own CPU slowed this run by 10-25%.
         e2e = run_features(
             slide, work / "vit" / "features.h5", str(vit), args.precision, rss_interval=1.0
         )
-        after = sustained_pps(limits, e2e["patches"])
+        after, after_cpu = sustained_pps(limits, e2e["patches"])
         del limits["encoder"], limits["pixels"]
         limits["encoder_sustained_before_pps"] = before
         limits["encoder_sustained_after_pps"] = after
         limits["encoder_sustained_pps"] = max(before, after)
+        limits["encoder_patches_per_cpu_s"] = max(before_cpu, after_cpu)
     res = {
         "machine": machine(),
         "precision": args.precision,
@@ -178,6 +192,14 @@ def main() -> int:
         "ratio_stream_over_module": e2e["pps_stream"] / limits["module_pps"],
         "ratio_stream_over_encoder": e2e["pps_stream"] / limits["encoder_pps"],
         "ratio_stream_over_sustained": e2e["pps_stream"] / limits["encoder_sustained_pps"],
+        # Whole run (start-up, loaders and writer included) against the encoder alone, both in
+        # patches per CPU-second: the ratio a VM whose cores come and go cannot move.
+        "ratio_cpu_work": e2e["patches_per_cpu_s"] / limits["encoder_patches_per_cpu_s"],
+        # The stream alone: the collector process's CPU-seconds while it streamed (its model
+        # threads included; loaders and writer not), against the encoder alone's.
+        "ratio_cpu_stream": e2e["patches"]
+        / e2e["timings_s"]["stream_cpu"]
+        / limits["encoder_patches_per_cpu_s"],
         "encoder_busy_in_stream": e2e["timings_s"]["stream_collector"] / e2e["timings_s"]["stream"],
         "ratio_wall_over_module": e2e["pps_wall"] / limits["module_pps"],
         **memory,
@@ -194,6 +216,15 @@ def main() -> int:
             f"encoder path sustained over {e2e['patches']} patches (before / after the run)",
             f"{before:.2f} / {after:.2f} patches/s "
             f"(stream x{res['ratio_stream_over_sustained']:.2f} of it)",
+        ),
+        (
+            "patches per CPU-second: whole run / encoder alone",
+            f"{e2e['patches_per_cpu_s']:.3f} / {limits['encoder_patches_per_cpu_s']:.3f} "
+            f"(x{res['ratio_cpu_work']:.2f}; the run had {e2e['cores_used']:.2f} cores)",
+        ),
+        (
+            "patches per CPU-second: collector process in the stream / encoder alone",
+            f"x{res['ratio_cpu_stream']:.2f}",
         ),
         (
             "encoder busy during the stream",

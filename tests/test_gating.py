@@ -244,6 +244,31 @@ def test_fail_on_an_undecodable_thumbnail_is_one_line_in_level_and_infer(
     assert "holds no tissue information" in line and THUMBNAIL_PROBLEM in line
 
 
+def test_tissue_detection_overlaps_the_model_load_and_its_error_comes_first(
+    thumbless_svs, tmp_path, capsys
+):
+    """Tissue detection runs in a thread while the model loads: a slide whose thumbnail
+    cannot be decoded still fails on that (not on a model that does not load either), the
+    model's error shows once the tissue is known, and a good run records both steps' own
+    seconds inside their overlapped wall time."""
+    bad_model = tmp_path / "broken.pt"
+    bad_model.write_bytes(b"not a TorchScript archive")
+    out = tmp_path / "windows.csv"
+    assert infer_svs(thumbless_svs, out, "--level", "0", "--model", str(bad_model)) == 1
+    assert THUMBNAIL_PROBLEM in one_error_line(capsys.readouterr().err, thumbless_svs)
+    code = infer_svs(
+        thumbless_svs, out, "--level", "0", "--model", str(bad_model), "--on-read-error", "skip"
+    )
+    assert code == 1
+    one_error_line(capsys.readouterr().err, bad_model)
+    assert not out.exists()
+    assert infer_svs(thumbless_svs, out, "--level", "0", "--min-tissue", "0") == 0
+    t = record_of(out)["timings_s"]
+    assert {"setup_tissue", "setup_model", "setup_tissue_model"} <= t.keys()
+    # each is timed from the same start; the pair's wall time covers the longer one
+    assert t["setup_tissue_model"] + 0.002 >= max(t["setup_tissue"], t["setup_model"])
+
+
 # ------------------------------------------------------------------ defaults and schema
 
 

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from ..slide import Slide, SlideInfo
 from .assemble import assemble_csv
 from .checkpoint import Checkpoint
 from .collector import ModelCollector, StreamCollector, StreamInfo, make_collector
-from .gating import measure_window_tissue
+from .gating import WindowTissue, measure_window_tissue
 from .lock import OutputLock
 from .pipeline import Pipeline
 from .plan import (
@@ -161,14 +162,8 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         # Tile-aligned chunks when windows are read as stored (no resize): no tile decoded twice.
         tile_px = slide.tile_size(plan.level) if plan.resize_factor == 1.0 else None
         pipeline.start(plan, grid, slide.reader)
-        gating = measure_window_tissue(
-            slide,
-            grid,
-            min_tissue=req.min_tissue,
-            mask=req.mask,
-            skip_read_errors=req.on_read_error == "skip",
-        )
-        pipeline.marks["tissue"] = time.monotonic()
+        gating, made = _tissue_and_collector(req, slide, grid, pipeline.marks)
+        collector, source, device, gpu = made
         if gating.unknown and req.min_tissue > 0:
             _warn(
                 f"{req.slide}: tissue unknown, every window is processed ({gating.unknown_reason})"
@@ -184,13 +179,11 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             tile_px=tile_px,
         )
         pipeline.marks["plan"] = time.monotonic()
-        collector, source, device, gpu = _make_collector(req)
         # Resolved once (auto -> bf16/fp32) by the model; built-ins and collectors compute as
         # written, so auto means fp32 for them.
         precision = getattr(getattr(collector, "model", None), "precision", None) or (
             "fp32" if req.precision == "auto" else req.precision
         )
-        pipeline.marks["model"] = time.monotonic()
         names = list(collector.output_names)
         width = len(names)
         identity = RunIdentity(
@@ -232,7 +225,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         )
         if n_keep == 0:
             _warn(f"{req.slide}: no window to process ({_why_no_windows(grid, req)})")
-        t_stream = time.monotonic()
+        t_stream, cpu_stream = time.monotonic(), time.process_time()
         collector.open(
             StreamInfo(
                 req.slide,
@@ -251,7 +244,7 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
         pipeline.run(
             todo, collector, ckpt, ckpt.fingerprint, width, resumed, n_keep, ckpt.add_read_failures
         )
-    t_assemble = time.monotonic()
+    t_assemble, cpu_stream = time.monotonic(), time.process_time() - cpu_stream
     processed = _assemble_outputs(
         req, plan, stream, ckpt, names, slide_id, info=info, model=getattr(collector, "model", None)
     )
@@ -320,6 +313,9 @@ def _stream(req: InferRequest, pipeline: Pipeline, started: float) -> InferResul
             **_setup_timings(pipeline.marks, started, t_stream),
             "stream": round(stream_s, 3),
             "stream_collector": round(pipeline.collector_s, 3),
+            # CPU seconds of this process (the model's threads included) during the stream:
+            # against a model's CPU-seconds alone, what the stream costs whatever the VM gives
+            "stream_cpu": round(cpu_stream, 3),
             "assemble": round(time.monotonic() - t_assemble, 3),
         },
     )
@@ -374,15 +370,62 @@ def _assemble_outputs(
     )
 
 
+def _tissue_and_collector(
+    req: InferRequest, slide: Slide, grid: Grid, marks: dict[str, float]
+) -> tuple[WindowTissue, tuple[StreamCollector, str, str, str | None]]:
+    """Tissue detection (thumbnail, tissue and ink masks) in a thread while this thread loads
+    the model: on a real model both take a good part of a second, and neither needs the
+    other. Errors keep their order: a slide whose tissue cannot be measured fails as such even
+    if its model would not load either.
+
+    Records in ``marks`` the seconds of each (``tissue_s``, ``model_s``) and when both were
+    done (``tissue_model``).
+    """
+    t0 = time.monotonic()
+
+    def tissue() -> WindowTissue:
+        try:
+            return measure_window_tissue(
+                slide,
+                grid,
+                min_tissue=req.min_tissue,
+                mask=req.mask,
+                skip_read_errors=req.on_read_error == "skip",
+            )
+        finally:
+            marks["tissue_s"] = time.monotonic() - t0
+
+    with ThreadPoolExecutor(1, thread_name_prefix="wsiproc-tissue") as pool:
+        measured = pool.submit(tissue)
+        model_error: Exception | None = None
+        try:
+            made = _make_collector(req)
+        except Exception as exc:  # noqa: BLE001 - raised below, after a tissue error if any
+            model_error = exc
+        marks["model_s"] = time.monotonic() - t0
+        if isinstance(model_error, WorkerError):  # terminated (SIGTERM): that is the news
+            raise model_error
+        gating = measured.result()
+    marks["tissue_model"] = time.monotonic()
+    if model_error is not None:
+        raise model_error
+    return gating, made
+
+
 def _setup_timings(marks: dict[str, float], started: float, t_stream: float) -> dict[str, float]:
     """Seconds of each set-up step, in order (``setup_processes``, ``setup_open``, ...), and
-    of the stream's first batch: where a small slide's run time goes."""
+    of the stream's first batch: where a small slide's run time goes. Tissue detection and
+    the model load overlap: ``setup_tissue_model`` is their wall time together,
+    ``setup_tissue`` and ``setup_model`` each one's own."""
     out = {}
     previous = started
-    for name in ("processes", "open", "tissue", "plan", "model"):
+    for name in ("processes", "open", "tissue_model", "plan"):
         if name in marks:
             out[f"setup_{name}"] = round(marks[name] - previous, 3)
             previous = marks[name]
+    for name in ("tissue", "model"):
+        if f"{name}_s" in marks:
+            out[f"setup_{name}"] = round(marks[f"{name}_s"], 3)
     out["setup_checkpoint"] = round(t_stream - previous, 3)
     if "first_batch" in marks:
         out["stream_first_batch"] = round(marks["first_batch"] - t_stream, 3)
