@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if enc.timm is not None:  # --compile, or timm missing: refused before the slide opens
         from ..features.timm_encoder import check_usable
 
-        check_usable(Path(args.encoder), enc, compile=compile_cache(args) is not None)
+        check_usable(Path(args.encoder), enc, compiling=compile_cache(args) is not None)
     patch = args.patch_size or enc.patch_size
     if args.patch_size is not None and args.patch_size != enc.patch_size:
         _refuse(

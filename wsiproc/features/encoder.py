@@ -109,7 +109,7 @@ class Encoder:
             if self.spec.timm is not None:  # a timm architecture + this weights file
                 from .timm_encoder import check_usable, load_timm
 
-                check_usable(path, self.spec, compile=compile_cache is not None)
+                check_usable(path, self.spec, compiling=compile_cache is not None)
                 module = load_timm(path, self.spec, self.sidecar)
             else:
                 module = None if compile_cache is not None else _load_file(path)

@@ -22,31 +22,29 @@ from .sidecar import TIMM_CLASSES, EncoderSpec, TimmSpec
 
 SHOWN_KEYS = 3
 """How many missing / unexpected keys a mismatch error names."""
+NO_TIMM = "this sidecar names a timm architecture; install timm (pip install 'wsiproc[timm]')"
 
 
-def check_usable(weights: Path, spec: EncoderSpec, *, compile: bool) -> None:
+def check_usable(weights: Path, spec: EncoderSpec, *, compiling: bool) -> None:
     """Refuse early, without importing torch: ``--compile`` or timm not installed.
 
     Raises
     ------
     ConfigError
-        ``compile`` with a timm encoder (only ``torch.export`` programs compile).
+        ``compiling`` (``--compile``) with a timm encoder (only ``torch.export`` programs compile).
     ModelError
         timm is not installed.
     """
     if spec.timm is None:
         return
-    if compile:
+    if compiling:
         raise ConfigError(
             "compile",
             f"{weights} is a timm weights file; only torch.export programs (.pt2) compile "
             "(run without --compile)",
         )
     if importlib.util.find_spec("timm") is None:
-        raise ModelError(
-            str(weights),
-            "this sidecar names a timm architecture; install timm (pip install 'wsiproc[timm]')",
-        )
+        raise ModelError(str(weights), NO_TIMM)
 
 
 def _import_timm(weights: Path) -> Any:
@@ -55,10 +53,9 @@ def _import_timm(weights: Path) -> Any:
     try:
         import timm
     except ImportError as exc:
-        raise ModelError(
-            str(weights),
-            "this sidecar names a timm architecture; install timm (pip install 'wsiproc[timm]')",
-        ) from exc
+        if exc.name == "timm":
+            raise ModelError(str(weights), NO_TIMM) from exc
+        raise ModelError(str(weights), f"timm does not import: {one_line(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - e.g. a torchvision built for another torch
         raise ModelError(str(weights), f"timm does not import: {one_line(exc)}") from exc
     return timm
