@@ -299,3 +299,22 @@ def test_a_file_that_is_no_state_dict_is_one_line(timm, tmp_path):
     _sidecar(bin_file, json.loads(weights.with_name(weights.name + ".json").read_text()))
     with pytest.raises(ModelError, match="holds no state dict"):
         Encoder(str(bin_file))
+
+
+def test_a_changed_kwarg_changes_the_identity_and_bf16_runs(timm, tmp_path):
+    """The ``timm`` section is in the resume fingerprint (a changed kwarg restarts a resumed
+    run), and the loaded module takes the precision cast like any other."""
+    weights, model, raw = _tiny_vit(timm, tmp_path)
+    first = Encoder(str(weights))
+    raw["timm"]["kwargs"]["dynamic_img_size"] = True  # same weights, another network
+    _sidecar(weights, raw)
+    second = Encoder(str(weights))
+    assert first.sha256 == second.sha256 and first.identity() != second.identity()
+    patches = _patches(4, 32)
+    with torch.inference_mode():
+        ref = model(_normalised(patches, raw)).numpy()
+    half = Encoder(str(weights), precision="bf16")
+    assert half.precision == "bf16"
+    out = half(patches)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
