@@ -7,7 +7,7 @@ and run through :class:`~wsiproc.features.encoder.Encoder`; its embeddings must 
 module's own output on the same normalised patches, pooled by hand, within
 ``rtol=1e-4`` and ``1e-4 x max|reference|`` (both fp32; the encoder feeds channels-last input,
 which changes the summation order of the convolutions). ViT-g (1.1 B parameters) and ViT-H
-(632 M) run at full depth on one patch: docs/features.md gives their time and memory.
+(631 M) run at full depth on one patch: docs/features.md gives their time and memory.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from wsiproc.stream.engine import partial_dir
 pytestmark = pytest.mark.timm
 
 SLOW = {"h-optimus-0", "virchow2"}
-"""The giants: 1.1 B and 632 M parameters, a minute or more each on 2 cores."""
+"""The giants: 1.1 B and 631 M parameters, 30 to 80 s each on 2 cores."""
 
 
 @pytest.fixture(scope="module")
