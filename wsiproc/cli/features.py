@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--encoder",
         required=True,
-        help="builtin:tiny, or a TorchScript (.pt) / torch.export (.pt2) file with a sidecar JSON",
+        help="builtin:tiny, or a TorchScript (.pt) / torch.export (.pt2) file or a timm weights "
+        "file (.safetensors, .bin; sidecar key timm) with a sidecar JSON",
     )
     p.add_argument("--out", required=True, help="features.h5 to write (features.json beside it)")
     p.add_argument(
@@ -87,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
 
     # A bad sidecar fails before the slide is opened (inside a batch: fails the batch).
     enc = load_once(("encoder_spec", args.encoder), lambda: encoder_spec(args.encoder))
+    if enc.timm is not None:  # --compile, or timm missing: refused before the slide opens
+        from ..features.timm_encoder import check_usable
+
+        check_usable(Path(args.encoder), enc, compiling=compile_cache(args) is not None)
     patch = args.patch_size or enc.patch_size
     if args.patch_size is not None and args.patch_size != enc.patch_size:
         _refuse(

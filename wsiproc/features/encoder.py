@@ -1,4 +1,5 @@
-"""Patch encoders: a TorchScript / ``torch.export`` file with its sidecar, or the built-in one.
+"""Patch encoders: a TorchScript / ``torch.export`` file or a timm weights file with its
+sidecar, or the built-in one.
 
 An encoder maps uint8 RGB patches (n, p, p, 3) to float32 embeddings (n, D). Conversion,
 normalisation and resizing run on the encoder's device in its precision; embeddings leave as
@@ -105,7 +106,13 @@ class Encoder:
         else:
             path = Path(source)
             self.spec, self.sidecar = read_spec(path)
-            module = None if compile_cache is not None else _load_file(path)
+            if self.spec.timm is not None:  # a timm architecture + this weights file
+                from .timm_encoder import check_usable, load_timm
+
+                check_usable(path, self.spec, compiling=compile_cache is not None)
+                module = load_timm(path, self.spec, self.sidecar)
+            else:
+                module = None if compile_cache is not None else _load_file(path)
             self.sha256 = file_sha256(path)
         requested = precision or self.spec.precision
         if requested not in ("fp32", "bf16", "fp16", "auto"):
@@ -180,8 +187,8 @@ class Encoder:
         """(n, D) from the module's raw output, by the sidecar's pooling."""
         import torch
 
-        if isinstance(y, (tuple, list)):
-            y = y[0]
+        if isinstance(y, (tuple, list)):  # a file's (last_hidden_state, pooler_output, ...);
+            y = y[0]  # timm feature lists arrive as their last map (timm_encoder.wrap)
         if not isinstance(y, torch.Tensor):
             problem = f"returned a {type(y).__name__}, expected a tensor"
             raise ModelError(self.source, problem)

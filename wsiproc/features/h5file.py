@@ -8,6 +8,7 @@ datasets as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,7 +71,7 @@ def coords_attrs(*, grid: Grid, plan: LevelPlan, info: SlideInfo, slide_id: str)
 def features_attrs(encoder: Any) -> dict[str, Any]:
     """The attributes of ``features``: which encoder, which weights, which precision."""
     spec = encoder.spec
-    return {
+    attrs: dict[str, Any] = {
         "encoder": spec.name,
         "encoder_source": encoder.source,
         "encoder_sha256": encoder.sha256,
@@ -79,6 +80,9 @@ def features_attrs(encoder: Any) -> dict[str, Any]:
         "pooling": spec.pooling,
         "wsiproc": __version__,
     }
+    if spec.timm is not None:  # architecture, kwargs, method: what turned the weights into D
+        attrs["timm"] = json.dumps(spec.to_dict()["timm"], sort_keys=True)
+    return attrs
 
 
 def assemble_h5(

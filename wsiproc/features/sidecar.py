@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,45 @@ from ..models import sidecar_path
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 POOLINGS = ("none", "cls", "mean", "cls+mean")
 REQUIRED = ("name", "input_size", "mpp", "mean", "std", "output_dim")
-OPTIONAL = ("precision", "pooling", "patch_size", "prefix_tokens", "interpolation")
+OPTIONAL = ("precision", "pooling", "patch_size", "prefix_tokens", "interpolation", "timm")
 INTERPOLATIONS = ("bilinear", "bicubic")
+TIMM_KEYS = ("model", "kwargs", "forward", "drop_keys")
+TIMM_FORWARDS = ("forward", "forward_features")
+TIMM_CLASSES = (
+    "timm.layers.SwiGLUPacked",
+    "timm.layers.SwiGLU",
+    "timm.layers.Mlp",
+    "torch.nn.SiLU",
+    "torch.nn.GELU",
+)
+"""The only importable names a ``timm.kwargs`` string may give (Virchow's and UNI2's
+``mlp_layer``/``act_layer`` take classes, which JSON cannot hold); resolved by
+:mod:`wsiproc.features.timm_encoder`. Nothing else is imported by string."""
+TIMM_REFUSED_KWARGS = (
+    "pretrained",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "checkpoint_path",
+    "cache_dir",
+)
+
+
+@dataclass(frozen=True)
+class TimmSpec:
+    """A timm architecture to build and fill from the encoder file (a local weights file).
+
+    ``model`` is a timm architecture name (never a hub id: nothing is downloaded), ``kwargs``
+    go to ``timm.create_model`` (strings in :data:`TIMM_CLASSES` become those classes),
+    ``forward`` is the method run on a batch (``forward_features`` gives the tokens, pooled by
+    the sidecar's ``pooling``), and ``drop_keys`` are key prefixes removed from the weights
+    before the strict load (for a truncated network, e.g. ResNet-50 trunc without ``layer4.``
+    and ``fc.``): every other key must match exactly.
+    """
+
+    model: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    forward: str = "forward"
+    drop_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -31,7 +68,8 @@ class EncoderSpec:
     ``input_size``). ``mpp`` is µm/px, None for an encoder meant for any resolution. ``mean``
     and ``std`` apply to 0-1 RGB. ``pooling`` turns token outputs (n, T, D) into (n, D):
     ``cls`` token 0, ``mean`` the mean of tokens from ``prefix_tokens`` on (skipping the class
-    and register tokens), ``cls+mean`` both concatenated.
+    and register tokens), ``cls+mean`` both concatenated. ``timm`` is set when the encoder
+    file is a timm state dict rather than a program (:class:`TimmSpec`).
     """
 
     name: str
@@ -45,14 +83,24 @@ class EncoderSpec:
     patch_size: int = 0
     prefix_tokens: int = 1
     interpolation: str = "bilinear"
+    timm: TimmSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.patch_size:
             object.__setattr__(self, "patch_size", self.input_size)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (part of the resume fingerprint and of the file's attributes)."""
-        return asdict(self)
+        """JSON-ready dict (part of the resume fingerprint and of the file's attributes).
+
+        ``timm`` appears only when set, so the fingerprint of a file encoder without it is
+        what it was before the key existed (a resumed run does not restart for nothing).
+        """
+        out = asdict(self)
+        if self.timm is None:
+            del out["timm"]
+        else:
+            out["timm"]["drop_keys"] = list(self.timm.drop_keys)
+        return out
 
 
 def _bad(side: Path, key: str, problem: str) -> ModelError:
@@ -83,6 +131,65 @@ def _choice(side: Path, key: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise _bad(side, key, f"must be one of {', '.join(choices)}, got {value!r}")
     return str(value)
+
+
+def _json_value(side: Path, key: str, value: Any) -> None:
+    """Refuse importable-looking strings outside :data:`TIMM_CLASSES`, at any depth."""
+    if isinstance(value, str) and value.startswith(("timm.", "torch.")):
+        if value not in TIMM_CLASSES:
+            allowed = ", ".join(TIMM_CLASSES)
+            raise _bad(side, key, f"{value!r} is not one of the classes allowed here ({allowed})")
+    elif isinstance(value, list):
+        for item in value:
+            _json_value(side, key, item)
+    elif isinstance(value, dict):
+        for sub, item in value.items():
+            _json_value(side, f"{key}.{sub}", item)
+
+
+def parse_timm(raw: Any, side: Path) -> TimmSpec:
+    """Validate the ``timm`` section without importing torch or timm.
+
+    Examples
+    --------
+    >>> parse_timm({"model": "resnet50", "kwargs": {"features_only": True}}, Path("r.json"))
+    TimmSpec(model='resnet50', kwargs={'features_only': True}, forward='forward', drop_keys=())
+    """
+    if not isinstance(raw, dict):
+        problem = "must be an object {model, kwargs, forward, drop_keys}"
+        raise _bad(side, "timm", f"{problem}, got {type(raw).__name__}")
+    for key in raw:
+        if key not in TIMM_KEYS:
+            raise _bad(side, f"timm.{key}", "unknown key (known: " + ", ".join(TIMM_KEYS) + ")")
+    if "model" not in raw:
+        raise _bad(side, "timm.model", "missing (a timm architecture name, e.g. resnet50)")
+    model = raw["model"]
+    if not isinstance(model, str) or not model.strip():
+        raise _bad(side, "timm.model", f"must be a non-empty string, got {model!r}")
+    if model.startswith(("hf-hub:", "hf_hub:")) or ":" in model:
+        raise _bad(
+            side,
+            "timm.model",
+            f"{model!r} names a hub download; nothing is downloaded: give the architecture "
+            "name and kwargs of the recipe (docs/features.md) and the weights as the encoder file",
+        )
+    kwargs = raw.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise _bad(side, "timm.kwargs", f"must be an object, got {type(kwargs).__name__}")
+    for key, value in kwargs.items():
+        if key in TIMM_REFUSED_KWARGS:
+            problem = "not allowed: the weights come from the encoder file, nothing is downloaded"
+            raise _bad(side, f"timm.kwargs.{key}", problem)
+        _json_value(side, f"timm.kwargs.{key}", value)
+    drop = raw.get("drop_keys", [])
+    if not isinstance(drop, list) or not all(isinstance(k, str) and k for k in drop):
+        raise _bad(side, "timm.drop_keys", f"must be a list of key prefixes, got {drop!r}")
+    return TimmSpec(
+        model=model,
+        kwargs=dict(kwargs),
+        forward=_choice(side, "timm.forward", raw.get("forward", "forward"), TIMM_FORWARDS),
+        drop_keys=tuple(drop),
+    )
 
 
 def parse_spec(raw: Any, side: Path) -> EncoderSpec:
@@ -132,6 +239,7 @@ def parse_spec(raw: Any, side: Path) -> EncoderSpec:
         interpolation=_choice(
             side, "interpolation", raw.get("interpolation", "bilinear"), INTERPOLATIONS
         ),
+        timm=None if "timm" not in raw else parse_timm(raw["timm"], side),
     )
 
 
