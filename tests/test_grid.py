@@ -242,3 +242,34 @@ def test_tile_aligned_chunks_start_on_tile_boundaries():
     # No aligned count within half the default size: keep the default.
     odd = Grid(20000, 15000, 100, 97, "valid", 1.0)
     assert cells_per_chunk(odd, 2048, tile_px=256) == cells_per_chunk(odd, 2048)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    seed=st.integers(0, 2**31),
+    scale=st.sampled_from([1.0, 2.5, 7.0, 16.0]),
+)
+def test_window_tissue_fractions_equal_the_mean_of_the_mask_under_each_box(h, w, seed, scale):
+    """The integral-image fractions equal a brute-force count: the nearest mask pixels under
+    each box (at least one), parts outside the mask counted as glass."""
+    from wsiproc.tissue import window_tissue_fractions
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((h, w)) < rng.random()
+    boxes = np.column_stack(
+        [
+            rng.integers(-20, int(w * scale) + 20, 30),
+            rng.integers(-20, int(h * scale) + 20, 30),
+            rng.integers(1, int(max(h, w) * scale) + 1, 30),
+            rng.integers(1, int(max(h, w) * scale) + 1, 30),
+        ]
+    )
+    got = window_tissue_fractions(mask, scale, scale, boxes)
+    for (x, y, bw, bh), fraction in zip(boxes.tolist(), got.tolist(), strict=True):
+        ix0, iy0 = math.floor(x / scale + 0.5), math.floor(y / scale + 0.5)
+        ix1 = max(math.floor((x + bw) / scale + 0.5), ix0 + 1)
+        iy1 = max(math.floor((y + bh) / scale + 0.5), iy0 + 1)
+        inside = mask[max(iy0, 0) : max(iy1, 0), max(ix0, 0) : max(ix1, 0)].sum()
+        assert fraction == pytest.approx(inside / ((ix1 - ix0) * (iy1 - iy0)), abs=1e-6)
