@@ -394,9 +394,9 @@ class TorchScriptModel:
                 x = x.pin_memory().to(self.device, non_blocking=True)
             x = x.permute(0, 3, 1, 2)
             if self.dtype == torch.float32:  # the exact fp32 arithmetic of every release
-                x = (x.float().div_(255.0) - self._mean) / self._std
+                x = x.float().div_(255.0).sub_(self._mean).div_(self._std)  # in place
             else:  # uint8 is exact in bf16/fp16: one multiply-add, in the model's dtype
-                x = x.to(self.dtype) * self._scale + self._shift
+                x = x.to(self.dtype).mul_(self._scale).add_(self._shift)
             if self.input_size != x.shape[-1]:
                 # Antialiased bilinear has no bf16 CPU kernel: resize in fp32, then cast back.
                 x = F.interpolate(

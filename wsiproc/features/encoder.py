@@ -224,8 +224,9 @@ class Encoder:
             x = torch.from_numpy(np.ascontiguousarray(windows))
             if self.device.type == "cuda":
                 x = x.pin_memory().to(self.device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
-            x = (x - self._mean) / self._std
+            # In place, the same arithmetic: one batch-sized tensor instead of three (a 448-px
+            # batch of 32 is 77 MB in fp32).
+            x = x.permute(0, 3, 1, 2).to(self.dtype).div_(255.0).sub_(self._mean).div_(self._std)
             if x.shape[-1] != self.input_size:
                 x = F.interpolate(
                     x,
