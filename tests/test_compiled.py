@@ -3,8 +3,8 @@ directory and loaded by every later run, with outputs equal to the eager program
 
 Real processes (``python -m wsiproc infer``), as a cohort's jobs run: the point is that the
 second process finds the first one's package. The slide's tissue windows (and the batch size)
-are chosen so that the last batch is partial: the compiled package only takes full batches,
-so a wrong padding would drop, duplicate or corrupt windows.
+are chosen so that the last batch is partial: the package is compiled for any batch up to
+the batch size, and a wrong batch dimension would drop, duplicate or corrupt windows.
 """
 
 from __future__ import annotations
@@ -42,23 +42,29 @@ class Net(torch.nn.Module):
         return self.head(y)
 
 
-@pytest.fixture(scope="module")
-def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The network as a ``.pt2`` program with a dynamic batch, sidecar beside it."""
+def seeded_net() -> Net:
     torch.manual_seed(0)
     net = Net().eval()
     with torch.no_grad():  # non-trivial running statistics, so BN folding matters
         net.bn.running_mean.uniform_(-0.2, 0.2)
         net.bn.running_var.uniform_(0.5, 2.0)
-    directory = tmp_path_factory.mktemp("compiled_model")
-    example = torch.rand(4, 3, KERNEL, KERNEL)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    exported = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
-    path = directory / "net.pt2"
+    return net
+
+
+def save_program(path: Path, exported: torch.export.ExportedProgram) -> Path:
     torch.export.save(exported, str(path))
     side = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "activation": "softmax"}
-    (directory / "net.pt2.json").write_text(json.dumps(side))
+    path.with_name(path.name + ".json").write_text(json.dumps(side))
     return path
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The network as a ``.pt2`` program with a dynamic batch, sidecar beside it."""
+    example = torch.rand(4, 3, KERNEL, KERNEL)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    exported = torch.export.export(seeded_net(), (example,), dynamic_shapes=({0: batch},))
+    return save_program(tmp_path_factory.mktemp("compiled_model") / "net.pt2", exported)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +112,24 @@ def test_compiled_once_then_loaded_with_eager_outputs(program, slide, tmp_path):
         assert np.allclose(table[outputs].sum(axis=1), 1.0, atol=1e-5)
     # The two compiled runs ran the same package: the same bits.
     assert first[outputs].equals(second[outputs])
+
+
+@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compiled"])
+def test_program_with_a_fixed_batch_is_refused_in_one_line(slide, tmp_path, compile_):
+    """A program exported for exactly 8 images (torch.export's default without
+    ``dynamic_shapes``) cannot run the short last batch of a group: refused before any window,
+    naming the file, the batch and how to export it."""
+    fixed = torch.export.export(seeded_net(), (torch.rand(BATCH, 3, KERNEL, KERNEL),))
+    static = save_program(tmp_path / "fixed.pt2", fixed)
+    out = tmp_path / "w.csv"
+    extra = ("--compile", "--compile-cache", str(tmp_path / "cache")) if compile_ else ()
+    done = infer(slide, out, static, *extra)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(static) in lines[0] and f"fixed batch of {BATCH}" in lines[0]
+    assert "dynamic_shapes" in lines[0]
+    assert not out.exists() and not list(tmp_path.glob("cache/*.pt2"))
 
 
 def test_compile_refuses_torchscript_in_one_line(slide, tmp_path):

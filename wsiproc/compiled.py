@@ -7,10 +7,11 @@ did not gain there, docs/performance.md, so it is the user's choice), but a cold
 per (program, precision, batch, input size, device, torch release, CPU) into a cache
 directory, and every later slide of a cohort, in any process, loads it (seconds, not minutes).
 
-AOTInductor packages are compiled for one input shape and one memory layout and check neither:
-a shorter batch or a channels-last tensor returns wrong numbers without an error. Hence
-:class:`CompiledForward` always feeds the compiled shape (partial batches padded with zeros,
-the padding's rows dropped) in the channels-last layout it was compiled for.
+AOTInductor packages are compiled for one memory layout and do not check it: a tensor in
+another layout returns wrong numbers without an error, so :class:`CompiledForward` always
+feeds channels-last. The batch dimension is compiled dynamic (1 to the batch size), so the
+partial batch that ends every checkpoint group runs at its own size: padded to a full batch,
+as the first packages were, those tails cost 10-20% of a slide's compute.
 """
 
 from __future__ import annotations
@@ -103,17 +104,17 @@ def describe(record: dict[str, Any] | None) -> str:
     >>> describe(None)
     'no (eager)'
     >>> describe({"cache": "hit", "seconds": 0.41, "batch_size": 32})
-    'AOTInductor, batch 32 (loaded from the cache in 0.41 s)'
+    'AOTInductor, batch 1-32 (loaded from the cache in 0.41 s)'
     """
     if not record:
         return "no (eager)"
     how = "loaded from the cache" if record["cache"] == "hit" else "built"
-    return f"AOTInductor, batch {record['batch_size']} ({how} in {record['seconds']:g} s)"
+    return f"AOTInductor, batch 1-{record['batch_size']} ({how} in {record['seconds']:g} s)"
 
 
 class CompiledForward:
     """A callable like the module it replaces, for any batch of 1..``batch_size`` images
-    (n, 3, h, w): padded to the compiled batch and laid out channels-last, as compiled."""
+    (n, 3, h, w), laid out channels-last as compiled."""
 
     def __init__(self, runner: Any, batch_size: int, record: CompileRecord) -> None:
         self.runner, self.batch_size, self.record = runner, batch_size, record
@@ -125,13 +126,8 @@ class CompiledForward:
         if n > self.batch_size:  # never from the engine; kept correct for direct callers
             parts = [self(x[i : i + self.batch_size]) for i in range(0, n, self.batch_size)]
             return torch.cat(parts)
-        if n < self.batch_size:
-            pad = x.new_zeros((self.batch_size - n, *x.shape[1:]))
-            x = torch.cat([x, pad])
         y = self.runner(x.contiguous(memory_format=torch.channels_last))
-        if isinstance(y, (tuple, list)):
-            y = y[0]
-        return y[:n]
+        return y[0] if isinstance(y, (tuple, list)) else y
 
 
 def compiled_forward(
@@ -170,6 +166,7 @@ def compiled_forward(
             "batch": batch_size,
             "size": input_size,
             "layout": "channels_last",
+            "batch_dim": "dynamic",
             "machine": machine_identity(device),
             "torch": torch.__version__,
         },
@@ -209,16 +206,22 @@ def compiled_forward(
 def _build(
     module: Any, example: Any, package: Path, key: str, source: str
 ) -> tuple[Any, float, tuple[int, ...]]:
-    """Export ``module`` at the example's static shape and layout, AOT-compile it, check it
-    against the eager module, then publish it as ``package`` (and its key and output shape
-    beside it): (the loaded runner, max abs difference, output shape of one input)."""
+    """Export ``module`` with a dynamic batch (1 to the example's) in the example's layout,
+    AOT-compile it, check it against the eager module at a full and a partial batch, then
+    publish it as ``package`` (and its key and output shape beside it): (the loaded runner,
+    max abs difference, output shape of one input)."""
     import torch
 
     tmp = package.with_name(f".{package.stem}.{os.getpid()}.tmp.pt2")
+    batch = int(example.shape[0])
     try:
         try:
             with torch.no_grad():
-                program = torch.export.export(module, (example,))
+                program = torch.export.export(
+                    module,
+                    (example,),
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=batch)},),
+                )
             torch._inductor.aoti_compile_and_package(
                 program, package_path=str(tmp), inductor_configs={"freezing": True}
             )
@@ -226,7 +229,10 @@ def _build(
         except Exception as exc:  # noqa: BLE001 - any failure: say so, leave the cache clean
             problem = f"cannot compile it with AOTInductor ({one_line(exc)}); run without --compile"
             raise ModelError(source, problem) from exc
-        agreement, shape = _check_agreement(module, runner, example, source)
+        agreement, shape = 0.0, ()
+        for n in sorted({batch, max(1, batch // 2 - 1)}):  # a full batch and a group's tail
+            diff, shape = _check_agreement(module, runner, example[:n], source)
+            agreement = max(agreement, diff)
         meta = {"key": json.loads(key), "output_shape": list(shape), "max_abs_vs_eager": agreement}
         package.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
         os.replace(tmp, package)
@@ -238,8 +244,8 @@ def _build(
 def _check_agreement(
     module: Any, runner: Any, example: Any, source: str
 ) -> tuple[float, tuple[int, ...]]:
-    """Max abs difference between eager and compiled outputs on a fixed random batch, and the
-    output shape of one input."""
+    """Max abs difference between eager and compiled outputs on a fixed random batch of the
+    example's shape, and the output shape of one input."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
@@ -250,6 +256,12 @@ def _check_agreement(
         compiled = runner(x)
     eager = eager[0] if isinstance(eager, (tuple, list)) else eager
     compiled = compiled[0] if isinstance(compiled, (tuple, list)) else compiled
+    if compiled.shape != eager.shape:
+        raise ModelError(
+            source,
+            f"its compiled outputs have shape {tuple(compiled.shape)}, the eager ones "
+            f"{tuple(eager.shape)}; run without --compile",
+        )
     diff = float((eager.float() - compiled.float()).abs().max())
     scale = float(eager.float().abs().max()) or 1.0
     precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import ConfigError, ModelError, one_line
 from .precision import PRECISIONS
+from .program import load_program
 
 BUILTIN_PREFIX = "builtin:"
 DEVICES = ("auto", "cpu", "cuda")
@@ -310,7 +311,7 @@ class TorchScriptModel:
 
             require_program(path)
             forward = compiled_forward(
-                lambda: self._prepare(self._load_exported(path)),  # only to build a package
+                lambda: self._prepare(load_program(path, batch_size)),  # only to build a package
                 model_sha256=self._sha,
                 precision=self.precision,
                 batch_size=batch_size,
@@ -325,7 +326,7 @@ class TorchScriptModel:
             shape: tuple[int, ...] = (1, *forward.record.output_shape)
         else:
             if path.suffix == ".pt2":
-                module = self._load_exported(path)
+                module = load_program(path, batch_size)
             else:
                 module = self._load_torchscript(path)
             self.module = self._prepare(module)

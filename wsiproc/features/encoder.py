@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import ConfigError, ModelError, one_line
 from ..models import BUILTIN_PREFIX, file_sha256
 from ..precision import prepare_module, resolve_precision, torch_dtype
+from ..program import load_program
 from .sidecar import EncoderSpec, read_spec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -112,7 +113,7 @@ class Encoder:
                 check_usable(path, self.spec, compiling=compile_cache is not None)
                 module = load_timm(path, self.spec, self.sidecar)
             else:
-                module = None if compile_cache is not None else _load_file(path)
+                module = None if compile_cache is not None else _load_file(path, batch_size)
             self.sha256 = file_sha256(path)
         requested = precision or self.spec.precision
         if requested not in ("fp32", "bf16", "fp16", "auto"):
@@ -137,7 +138,7 @@ class Encoder:
             require_program(Path(source))
 
             def load_eager() -> Any:  # only to build a package
-                loaded = _load_file(Path(source))
+                loaded = _load_file(Path(source), batch_size)
                 return prepare_module(loaded, self.precision, self.device, example, source=source)
 
             forward = compiled_forward(
@@ -253,22 +254,22 @@ class Encoder:
         return out
 
 
-def _load_file(path: Path) -> Any:
-    """A TorchScript module or a ``torch.export`` program (``.pt2``) on the CPU, in eval mode."""
+def _load_file(path: Path, batch_size: int) -> Any:
+    """A TorchScript module or a ``torch.export`` program (``.pt2``, one that takes any batch up
+    to ``batch_size``) on the CPU, in eval mode."""
     import torch
 
+    if path.suffix == ".pt2":
+        return load_program(path, batch_size)
     quiet = logging.getLogger("torch.export")  # it logs a traceback before raising
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module()
         with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # noqa: BLE001 - any load failure is a model error
-        kind = "torch.export program" if path.suffix == ".pt2" else "TorchScript model"
-        raise ModelError(str(path), f"not a loadable {kind}: {one_line(exc)}") from exc
+        raise ModelError(str(path), f"not a loadable TorchScript model: {one_line(exc)}") from exc
     finally:
         quiet.setLevel(level)
 
