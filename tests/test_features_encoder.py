@@ -186,3 +186,18 @@ def test_a_corrupt_encoder_file_is_one_line(svs_slide_20x, tmp_path, capsys):
     rc, err = _run(svs_slide_20x, bad, tmp_path / "f.h5", capsys)
     assert rc == 1 and len(err) == 1
     assert f"{bad}: not a loadable torch.export program" in err[0]
+
+
+def test_encoder_digest_is_the_files_sha256_hashed_while_it_loads(vit_files, tmp_path):
+    """The digest recorded in feature files (and the resume fingerprint) is the file's sha256,
+    for both formats, though it is computed in a thread beside the load; a file that cannot be
+    read gives its reading error, not a wrong digest."""
+    import hashlib
+
+    from wsiproc.models import Sha256Beside
+
+    for name in ("pt2", "cls"):
+        path = vit_files[name]
+        assert Encoder(str(path)).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(IsADirectoryError):
+        Sha256Beside(tmp_path).result()

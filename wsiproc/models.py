@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,40 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+class Sha256Beside:
+    """:func:`file_sha256` of a file, computed in a daemon thread while the caller loads the
+    same file; :meth:`result` waits for it.
+
+    Why: a model's file is read twice, once by its loader and once for the digest that the
+    resume fingerprint and the feature files record. Side by side, the second reader finds
+    the pages the first one brought in and the hashing (hashlib releases the GIL) runs on
+    another core: for a 4.5 GB foundation-model checkpoint that is seconds per job. A daemon
+    thread, so a load that fails does not wait for the hash before its one-line error.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._value: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(path,), name="wsiproc-sha256", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._value = file_sha256(path)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> str:
+        """The hex digest (the reading error, if the file could not be read)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
 class TorchScriptModel:
     """A TorchScript file (or a ``torch.export`` ``.pt2`` program) plus its JSON sidecar.
 
@@ -304,12 +339,13 @@ class TorchScriptModel:
         mean_t = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
         self._scale = (1.0 / (255.0 * std_t)).to(device=self.device, dtype=self.dtype)
         self._shift = (-mean_t / std_t).to(device=self.device, dtype=self.dtype)
-        self._sha = file_sha256(path)
+        digest = Sha256Beside(path)
         self.compiled: dict[str, Any] | None = None
         if compile_cache is not None:
             from .compiled import compiled_forward, require_program
 
             require_program(path)
+            self._sha = digest.result()  # part of the package's key
             forward = compiled_forward(
                 lambda: self._prepare(load_program(path, batch_size)),  # only to build a package
                 model_sha256=self._sha,
@@ -330,6 +366,7 @@ class TorchScriptModel:
             else:
                 module = self._load_torchscript(path)
             self.module = self._prepare(module)
+            self._sha = digest.result()
             probe = self._forward(np.full((1, kernel_px, kernel_px, 3), 255, dtype=np.uint8))
             shape = tuple(probe.shape)
         if len(shape) not in (2, 4):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ModelError, one_line
-from ..models import BUILTIN_PREFIX, file_sha256
+from ..models import BUILTIN_PREFIX, Sha256Beside
 from ..precision import prepare_module, resolve_precision, torch_dtype
 from ..program import load_program
 from .sidecar import EncoderSpec, read_spec
@@ -107,6 +107,7 @@ class Encoder:
         else:
             path = Path(source)
             self.spec, self.sidecar = read_spec(path)
+            digest = Sha256Beside(path)  # hashed while the file loads
             if self.spec.timm is not None:  # a timm architecture + this weights file
                 from .timm_encoder import check_usable, load_timm
 
@@ -114,7 +115,7 @@ class Encoder:
                 module = load_timm(path, self.spec, self.sidecar)
             else:
                 module = None if compile_cache is not None else _load_file(path, batch_size)
-            self.sha256 = file_sha256(path)
+            self.sha256 = digest.result()
         requested = precision or self.spec.precision
         if requested not in ("fp32", "bf16", "fp16", "auto"):
             raise ConfigError("precision", f"must be fp32, bf16, fp16 or auto, got {requested!r}")
