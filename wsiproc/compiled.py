@@ -1,9 +1,9 @@
 """Ahead-of-time compiled forwards for ``torch.export`` programs (AOTInductor), cached on disk.
 
-Why: inductor's fused, weight-prepacked kernels can beat TorchScript's frozen graph (the JIT
-``torch.compile`` ran the benchmark CNN 1.16x faster on this project's CPU; its AOT package
-did not gain there, docs/performance.md, so it is the user's choice), but a cold compile costs
-20 s or more: longer than a small slide's whole run. So the compiled package is built once
+Why: inductor's fused, weight-prepacked kernels beat TorchScript's frozen graph (the
+benchmark CNN streamed 1.15x faster through the package than through TorchScript on this
+project's CPU, as fast as JIT ``torch.compile``; docs/performance.md), but a cold compile
+costs 12-25 s: longer than a small slide's whole run. So the compiled package is built once
 per (program, precision, batch, input size, device, torch release, CPU) into a cache
 directory, and every later slide of a cohort, in any process, loads it (seconds, not minutes).
 
@@ -224,7 +224,7 @@ def _build(
                 )
             # Freezing (weights folded, convolutions prepacked for oneDNN with their ReLU and
             # residual adds fused) applies only with gradients off: compiled with them on,
-            # the benchmark CNN ran unpacked convolutions at 0.88-0.91 of JIT torch.compile.
+            # the benchmark CNN ran unpacked convolutions at 0.90-0.98 of JIT torch.compile.
             with torch.no_grad():
                 torch._inductor.aoti_compile_and_package(
                     program, package_path=str(tmp), inductor_configs={"freezing": True}
