@@ -99,6 +99,12 @@ def test_compiled_once_then_loaded_with_eager_outputs(program, slide, tmp_path):
     assert first_meta["compiled"]["cache"] == "miss"
     assert first_meta["compiled"]["max_abs_vs_eager"] <= 1e-4
     assert second_meta["compiled"]["cache"] == "hit"
+    # Built twice, frozen and not; the faster full batch kept, and the hit says which.
+    timed = first_meta["compiled"]["batch_seconds"]
+    assert sorted(timed) == ["frozen", "not frozen"] and min(timed.values()) > 0
+    faster = min(timed, key=timed.__getitem__) == "frozen"
+    assert first_meta["compiled"]["freezing"] is faster
+    assert second_meta["compiled"]["freezing"] is faster
     assert second_meta["compiled"]["package"] == first_meta["compiled"]["package"]
     assert second_meta["compiled"]["seconds"] < first_meta["compiled"]["seconds"]
     assert sorted(p.name for p in cache.glob("*.pt2")) == [
