@@ -218,9 +218,10 @@ def _build(
     beside it: (the loaded runner, that record).
 
     Why both: inductor's freezing prepacks convolutions for oneDNN with their ReLU and
-    residual adds fused (the benchmark CNN: 0.90-0.98 of JIT torch.compile without it, 1.0
-    with), but in AOT mode it moves linear layers from MKL to oneDNN, and a ViT-B/16 ran at
-    0.72 of its eager program frozen against 1.01-1.04 not frozen on this project's CPU. Which
+    residual adds fused (the benchmark CNN: 0.90-0.98 of JIT torch.compile without it,
+    0.94-1.00 with), but in AOT mode it moves linear layers from MKL to oneDNN, and a ViT-B/16
+    ran at 0.71-0.73 of its eager program frozen against 1.02-1.04 not frozen on this
+    project's CPU. Which
     wins depends on the network and the machine, so the build measures it once, for the cache.
     """
     import torch
