@@ -522,7 +522,7 @@ def main() -> int:
     table = variant_table(cnn, cnn_module(), BATCH, KERNEL, not args.no_compile)
     # The best fp32 variant sustained before and after each full-size engine run.
     name32 = fl_before["best"]["fp32"]
-    sus32 = SustainedLimit(name32, table[name32])
+    sus32 = SustainedLimit(table[name32])
     s32 = [sus32.measure(SUSTAINED_BATCHES["fp32"])]
     e_cnn1 = run_engine(s1, work / "cnn" / "windows.csv", str(cnn))
     e_cnn = run_engine(s4, work / "cnn4" / "windows.csv", str(cnn))
@@ -542,7 +542,7 @@ def main() -> int:
     try:
         clbf = compute_limit(cnn, "bf16")
         name_bf = fl_before["best"]["bf16"]
-        limit_bf = SustainedLimit(name_bf, table[name_bf])
+        limit_bf = SustainedLimit(table[name_bf])
         before_bf = limit_bf.measure(SUSTAINED_BATCHES["bf16"])
         e_bf = run_engine(s1, work / "cnnbf" / "windows.csv", str(cnn), precision="bf16")
         after_bf = limit_bf.measure(SUSTAINED_BATCHES["bf16"])

@@ -131,11 +131,10 @@ class SustainedLimit:
     fewer cores than asked does not skew).
     """
 
-    def __init__(self, name: str, variant: Variant) -> None:
+    def __init__(self, variant: Variant) -> None:
         import torch
 
-        self.name = name
-        self.precision, make, self.x = variant
+        _, make, self.x = variant
         self.fn = make()
         with torch.inference_mode():  # compile / profiling runs, not timed
             self.fn(self.x)

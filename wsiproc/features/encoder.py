@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import warnings
 from pathlib import Path
@@ -262,17 +261,12 @@ def _load_file(path: Path, batch_size: int) -> Any:
 
     if path.suffix == ".pt2":
         return load_program(path, batch_size)
-    quiet = logging.getLogger("torch.export")  # it logs a traceback before raising
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # noqa: BLE001 - any load failure is a model error
         raise ModelError(str(path), f"not a loadable TorchScript model: {one_line(exc)}") from exc
-    finally:
-        quiet.setLevel(level)
 
 
 def encoder_spec(source: str) -> EncoderSpec:
