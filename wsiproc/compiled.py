@@ -260,9 +260,9 @@ def _build(
             "output_shape": list(shape),
             "max_abs_vs_eager": agreement,
             "freezing": frozen,
-            "batch_seconds": {
-                ("frozen" if f else "not frozen"): round(t, 4) for f, t in seconds.items()
-            },
+            # Unrounded: rounded, two builds of a small model tie and the record would not say
+            # which one was faster.
+            "batch_seconds": {("frozen" if f else "not frozen"): t for f, t in seconds.items()},
         }
         package.with_suffix(".json").write_text(json.dumps(built, indent=1) + "\n")
         os.replace(tmps[frozen], package)
