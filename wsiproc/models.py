@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +19,7 @@ import numpy as np
 
 from .errors import ConfigError, ModelError, one_line
 from .precision import PRECISIONS
-from .program import load_program
+from .program import load_program, load_torchscript
 
 BUILTIN_PREFIX = "builtin:"
 DEVICES = ("auto", "cpu", "cuda")
@@ -364,7 +363,7 @@ class TorchScriptModel:
             if path.suffix == ".pt2":
                 module = load_program(path, batch_size)
             else:
-                module = self._load_torchscript(path)
+                module = load_torchscript(path, self.device)
             self.module = self._prepare(module)
             self._sha = digest.result()
             probe = self._forward(np.full((1, kernel_px, kernel_px, 3), 255, dtype=np.uint8))
@@ -389,31 +388,6 @@ class TorchScriptModel:
         size = self.input_size
         example = torch.full((1, 3, size, size), 0.5).contiguous(memory_format=torch.channels_last)
         return prepare_module(module, self.precision, self.device, example, source=self.source)
-
-    def _load_torchscript(self, path: Path) -> Any:
-        """A TorchScript module as saved (in eval mode); :meth:`_prepare` casts and freezes it."""
-        import torch
-
-        try:
-            with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(path), map_location=self.device)
-        except Exception as exc:  # noqa: BLE001 - any load failure is a model error
-            raise ModelError(
-                self.source, f"not a loadable TorchScript model: {one_line(exc)}"
-            ) from exc
-        return module.eval()
-
-    def _load_exported(self, path: Path) -> Any:
-        """A ``torch.export`` program (``.pt2``, TorchScript's successor) as a callable module."""
-        import torch
-
-        try:
-            return torch.export.load(str(path)).module()
-        except Exception as exc:  # noqa: BLE001 - any load failure is a model error
-            raise ModelError(
-                self.source, f"not a loadable torch.export program: {one_line(exc)}"
-            ) from exc
 
     def identity(self) -> str:
         ident: dict[str, Any] = {"sha256": self._sha, "sidecar": self.sidecar}

@@ -1,14 +1,17 @@
-"""``torch.export`` programs (``.pt2``) as the engine runs them: any batch size.
+"""Model files as the engine runs them: TorchScript modules and ``torch.export`` programs.
 
-Why: a program exported for a fixed batch refuses every other batch, and the last batch of
-each checkpoint group is shorter. Left alone it fails at its first probe with torch's
-"Guard failed: x.size()[0] == 32"; checked here, the user reads which batch the file was
-exported for and how to export it so that it runs.
+Why one place: models, patch encoders and slide models all load the same two formats, and a
+file that does not load must fail the same way (one line naming the file) whoever loads it.
+``.pt2`` programs must also take any batch size: a program exported for a fixed batch refuses
+every other batch, and the last batch of each checkpoint group is shorter. Left alone it fails
+at its first probe with torch's "Guard failed: x.size()[0] == 32"; checked here, the user
+reads which batch the file was exported for and how to export it so that it runs.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +69,24 @@ def load_program(path: Path, batch_size: int) -> Any:
             f"shorter (--batch-size {batch_size}); {EXPORT_HINT}",
         )
     return program.module()
+
+
+def load_torchscript(
+    path: Path, map_location: Any = "cpu", *, kind: str = "TorchScript model"
+) -> Any:
+    """The TorchScript module at ``path`` in eval mode, its tensors on ``map_location``.
+
+    Raises
+    ------
+    ModelError
+        Not a loadable TorchScript file ("not a loadable <kind>").
+    """
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=map_location)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a model error
+        raise ModelError(str(path), f"not a loadable {kind}: {one_line(exc)}") from exc
+    return module.eval()

@@ -12,16 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError, one_line
+from ..errors import ConfigError, ModelError
 from ..models import BUILTIN_PREFIX, Sha256Beside
 from ..precision import prepare_module, resolve_precision, torch_dtype
-from ..program import load_program
+from ..program import load_program, load_torchscript
 from .sidecar import EncoderSpec, read_spec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -257,16 +256,9 @@ class Encoder:
 def _load_file(path: Path, batch_size: int) -> Any:
     """A TorchScript module or a ``torch.export`` program (``.pt2``, one that takes any batch up
     to ``batch_size``) on the CPU, in eval mode."""
-    import torch
-
     if path.suffix == ".pt2":
         return load_program(path, batch_size)
-    try:
-        with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.load(str(path), map_location="cpu").eval()
-    except Exception as exc:  # noqa: BLE001 - any load failure is a model error
-        raise ModelError(str(path), f"not a loadable TorchScript model: {one_line(exc)}") from exc
+    return load_torchscript(path, "cpu")
 
 
 def encoder_spec(source: str) -> EncoderSpec:

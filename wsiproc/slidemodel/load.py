@@ -7,12 +7,12 @@ and ``builtin`` builds on ``model``'s types.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, one_line
 from ..models import BUILTIN_PREFIX, file_sha256, sidecar_path
+from ..program import load_torchscript
 from .builtin import load_builtin
 from .model import SlideModel, parse_spec
 
@@ -51,13 +51,9 @@ def _load_module(path: Path, device: str) -> Any:
     """A TorchScript module or a ``torch.export`` program's module, in eval mode."""
     import torch
 
+    if path.suffix != ".pt2":
+        return load_torchscript(path, device, kind="slide model")
     try:
-        if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module().to(device)
-        with warnings.catch_warnings():  # TorchScript is deprecated upstream, still supported
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location=device)
-        module.eval()
-        return module
+        return torch.export.load(str(path)).module().to(device)
     except Exception as exc:  # noqa: BLE001 - any load failure is a model error
         raise ModelError(str(path), f"not a loadable slide model: {one_line(exc)}") from exc
