@@ -118,6 +118,28 @@ def test_compiled_once_then_loaded_with_eager_outputs(program, slide, tmp_path):
         assert np.allclose(table[outputs].sum(axis=1), 1.0, atol=1e-5)
     # The two compiled runs ran the same package: the same bits.
     assert first[outputs].equals(second[outputs])
+    # A hit loads the package without importing the compiler (1.2 s per job), and runs it to
+    # the bits of torch's own loader.
+    check = subprocess.run(
+        [sys.executable, "-c", SAME_AS_TORCH_LOADER, first_meta["compiled"]["package"]],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.split() == ["without-inductor", "same-bits"]
+
+
+SAME_AS_TORCH_LOADER = f"""
+import sys
+import torch
+from wsiproc.compiled import load_package
+x = torch.rand(5, 3, {KERNEL}, {KERNEL}, generator=torch.Generator().manual_seed(1))
+x = x.contiguous(memory_format=torch.channels_last)
+ours = load_package(sys.argv[1])(x)[0]
+print("with-inductor" if "torch._inductor" in sys.modules else "without-inductor")
+import torch._inductor
+theirs = torch._inductor.aoti_load_package(sys.argv[1])(x)
+print("same-bits" if torch.equal(ours, theirs) else f"differ {{(ours - theirs).abs().max()}}")
+"""
 
 
 @pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compiled"])
