@@ -126,6 +126,15 @@ def test_compiled_once_then_loaded_with_eager_outputs(program, slide, tmp_path):
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
     assert check.stdout.split() == ["without-inductor", "same-bits"]
+    # A damaged cache entry (here truncated) is built again, not a failed run.
+    package = Path(first_meta["compiled"]["package"])
+    package.write_bytes(package.read_bytes()[:4096])
+    out = tmp_path / "third" / "w.csv"
+    done = infer(slide, out, program, "--compile", "--compile-cache", str(cache))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["compiled"]["cache"] == "miss"
+    np.testing.assert_allclose(pd.read_csv(out)[outputs], reference[outputs], atol=1e-5)
+    assert package.stat().st_size > 4096
 
 
 SAME_AS_TORCH_LOADER = f"""

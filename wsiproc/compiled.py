@@ -186,10 +186,10 @@ def compiled_forward(
     t0 = time.perf_counter()
     with open(cache_dir / f"{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if package.exists() and meta.exists():
+        runner = _load_entry(package, meta)
+        if runner is not None:
             cache = "hit"
             built = json.loads(meta.read_text())
-            runner = load_package(package)
         else:
             cache = "miss"
             example = torch.zeros(
@@ -272,6 +272,19 @@ def _build(
     return runner, built
 
 
+def _load_entry(package: Path, meta: Path) -> Any | None:
+    """The cached package's forward, None where there is none or it is damaged (truncated,
+    its record unreadable: e.g. a disk cleaned up under it), which is then built again: a
+    cache must never be the reason a run fails."""
+    if not (package.exists() and meta.exists()):
+        return None
+    try:
+        json.loads(meta.read_text())
+        return load_package(package)
+    except Exception:  # noqa: BLE001 - any damage: rebuild under the lock
+        return None
+
+
 class _PackageRunner:
     """A package's forward: one image batch in, the loader's flat list of outputs back (what
     ``torch._inductor``'s wrapper returns for a list or tuple; its one tensor for a tensor,
@@ -290,18 +303,14 @@ def load_package(path: Path) -> Any:
     Why: ``torch._inductor.aoti_load_package`` imports the whole compiler (1.2 s on this
     project's CPU) to hand back a thin wrapper around ``torch._C._aoti``'s package loader, and
     in a cohort every job but the first loads a package another job built: that second is
-    paid per slide. Where this torch has no such loader, or it refuses the file, the public
-    function loads it.
+    paid per slide. Where this torch has no such loader, the public function loads it.
     """
     import torch
 
     loader_type = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
-    if loader_type is not None:
-        try:
-            return _PackageRunner(loader_type(str(path), "model", False, 1, -1))
-        except (RuntimeError, TypeError):
-            pass
-    return torch._inductor.aoti_load_package(str(path))
+    if loader_type is None:
+        return torch._inductor.aoti_load_package(str(path))
+    return _PackageRunner(loader_type(str(path), "model", False, 1, -1))
 
 
 def _batch_seconds(runner: Any, example: Any) -> float:
