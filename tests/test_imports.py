@@ -131,9 +131,9 @@ def test_engine_still_exports_the_request():
     assert InferRequest is defined is lazy
 
 
-def test_builtin_model_run_loads_neither_scipy_nor_pandas_nor_torch(tiff_slide, tmp_path):
-    """A ``builtin:`` run with tissue detection pays for none of the heavy imports (issue 17:
-    start-up dominates small slides)."""
+def test_quiet_builtin_model_run_loads_no_heavy_module(tiff_slide, tmp_path):
+    """A quiet ``builtin:`` run with tissue detection pays for none of the heavy imports, nor
+    for tqdm's when no bar is shown (issue 17: start-up dominates small slides)."""
     import subprocess
     import sys
 
@@ -142,7 +142,8 @@ def test_builtin_model_run_loads_neither_scipy_nor_pandas_nor_torch(tiff_slide, 
         "import sys; from wsiproc.cli import main; "
         f"rc = main(['infer', {str(tiff_slide)!r}, '--out', {str(out)!r}, '--kernel-size', "
         "'64', '--stride', '64', '--workers', '1', '--quiet']); "
-        "print(rc, sorted(m for m in ('scipy', 'pandas', 'torch') if m in sys.modules))"
+        "heavy = ('scipy', 'pandas', 'torch', 'tqdm'); "
+        "print(rc, sorted(m for m in heavy if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.split("\n")[0] == "0 []", proc.stdout + proc.stderr
