@@ -186,10 +186,10 @@ def compiled_forward(
     t0 = time.perf_counter()
     with open(cache_dir / f"{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        runner = _load_entry(package, meta)
-        if runner is not None:
+        entry = _load_entry(package, meta)
+        if entry is not None:
             cache = "hit"
-            built = json.loads(meta.read_text())
+            runner, built = entry
         else:
             cache = "miss"
             example = torch.zeros(
@@ -272,15 +272,15 @@ def _build(
     return runner, built
 
 
-def _load_entry(package: Path, meta: Path) -> Any | None:
-    """The cached package's forward, None where there is none or it is damaged (truncated,
-    its record unreadable: e.g. a disk cleaned up under it), which is then built again: a
-    cache must never be the reason a run fails."""
+def _load_entry(package: Path, meta: Path) -> tuple[Any, dict[str, Any]] | None:
+    """The cached package's forward and build record, None where there is none or it is
+    damaged (truncated, its record unreadable: e.g. a disk cleaned up under it), which is then
+    built again: a cache must never be the reason a run fails."""
     if not (package.exists() and meta.exists()):
         return None
     try:
-        json.loads(meta.read_text())
-        return load_package(package)
+        built = json.loads(meta.read_text())
+        return load_package(package), built
     except Exception:  # noqa: BLE001 - any damage: rebuild under the lock
         return None
 
