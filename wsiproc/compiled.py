@@ -221,8 +221,9 @@ def _build(
     residual adds fused (the benchmark CNN: 0.90-0.98 of JIT torch.compile without it,
     0.94-1.00 with), but in AOT mode it moves linear layers from MKL to oneDNN, and a ViT-B/16
     ran at 0.71-0.73 of its eager program frozen against 1.02-1.04 not frozen on this
-    project's CPU. Which
-    wins depends on the network and the machine, so the build measures it once, for the cache.
+    project's CPU. Which wins depends on the network and the machine, so the build measures
+    it once, for the cache. Both packages stay loaded while they are timed: building one at a
+    time was tried and did not lower the peak, which lies inside inductor's compile.
     """
     import torch
 
